@@ -1,0 +1,44 @@
+"""negstream's Faust agents; :func:`register` wires them onto an app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from agents import user_state
+from agents.pipeline import InputPipeline
+from streams.settings import Settings
+from streams.tables import declare_users_table
+from streams.topics import declare_topics
+
+
+def register(app: faust.App, settings: Settings) -> InputPipeline:
+    """Declare topics and tables on ``app`` and register every agent, timer and page."""
+    topics = declare_topics(app, settings)
+    users = declare_users_table(app, settings)
+    pipeline = InputPipeline(settings, topics, users)
+
+    @app.agent(topics.inputs, name="negstream.input")
+    async def input_agent(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+            await pipeline.process(events)
+
+    @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
+    async def idle_flush() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return
+        await pipeline.on_idle_tick()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        pipeline.index_stale = True
+
+    @app.page("/users/{user_id}/")
+    async def user_view(web: Any, request: Any, user_id: str) -> Any:
+        state = users.get(user_id)
+        if state is None:
+            return web.json({"error": f"no state for user {user_id!r} on this worker"}, status=404)
+        return web.json(user_state.table_view(state, settings))
+
+    return pipeline

@@ -1,0 +1,218 @@
+"""The input agent: one micro-batch at a time through ingest, per-user tables and the join."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from faust.types import EventT, TableT
+
+from agents import user_state
+from agents.ingest import RawMessage, decode_batch
+from schemas.codec import encode
+from schemas.events import Feedback, Impression
+from schemas.kinds import NO_REACTION, kind_group
+from streams import metrics
+from streams.settings import Settings
+from streams.tables import partition_context
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+Record = Impression | Feedback
+
+
+class InputPipeline:
+    """Drives the pure per-user functions and keeps each partition's event-time watermark.
+
+    Each input topic-partition has a clock, the newest event time read from it. A
+    partition's watermark is the lowest clock of its two inputs (less
+    ``watermark_delay_s``), so impressions read ahead of their feedback do not close label
+    windows early. An input idle for ``idle_flush_s`` wall seconds stops holding the
+    watermark back; when both are idle, event time moves on with wall time, so the last
+    impressions of a quiet stream are still labelled.
+    """
+
+    def __init__(self, settings: Settings, topics: Topics, users: TableT[str, Any]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.users = users
+        self.impressions_topic = topics.impressions_name
+        self.feedback_topic = topics.inputs.topics[1]
+        self.clock: dict[tuple[str, int], float] = {}
+        self.last_input: dict[tuple[str, int], float] = {}
+        self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
+        self.started = time.monotonic()
+        self.index_stale = True
+
+    async def process(self, events: list[EventT[Any]]) -> None:
+        """Decode, validate, dedupe, update tables, join and publish one micro-batch."""
+        started = time.perf_counter()
+        messages = [_raw(event) for event in events]
+        decoded = decode_batch(messages, self.impressions_topic, self.settings.max_payload_bytes)
+        outcomes: Counter[str] = Counter()
+        for position, letter in decoded.dead_letters:
+            outcomes[f"dead_letter:{self._type_of(letter.topic)}"] += 1
+            metrics.DEAD_LETTERS.labels(letter.reason).inc()
+            await self.topics.dead_letters.send(key=messages[position].key, value=encode(letter))
+        for position, record in decoded.unkeyed:
+            # Unkeyed input sits on a partition not chosen by user_id: re-send it keyed.
+            outcomes[f"repartitioned:{self._type_of(messages[position].topic)}"] += 1
+            channel = self.topics.inputs.derive(topics=[messages[position].topic])
+            await channel.send(key=record.user_id.encode(), value=messages[position].value)
+        by_user: dict[str, list[int]] = defaultdict(list)
+        records: dict[int, Record] = dict(decoded.events)
+        for position, record in decoded.events:
+            by_user[record.user_id].append(position)
+        touched = {m.partition for m in messages}
+        watermarks = {p: self.watermark(p) for p in touched}
+        now = time.monotonic()
+        for position, record in decoded.events:
+            source = (messages[position].topic, messages[position].partition)
+            self.clock[source] = max(self.clock.get(source, 0.0), record.timestamp)
+            self.last_input[source] = now
+        for user_id, positions in by_user.items():
+            partition = messages[positions[-1]].partition
+            batch = [records[p] for p in positions]
+            watermark = watermarks[partition]
+            state, out = user_state.apply_events(
+                self.users.get(user_id), batch, self.settings, watermark
+            )
+            state, closed = user_state.advance(state, watermark, user_id, self.settings)
+            out.extend(closed)
+            self._store(user_id, partition, state)
+            outcomes.update(out.counts)
+            sent_ms = {records[p].event_id: messages[p].timestamp_ms for p in positions}
+            await self._publish(out, sent_ms)
+        for partition in touched:
+            await self.close_due(partition)
+        _observe(outcomes)
+        metrics.BATCH_EVENTS.observe(len(events))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _type_of(self, topic: str) -> str:
+        return "impression" if topic == self.impressions_topic else "feedback"
+
+    def watermark(self, partition: int) -> float:
+        """Event time up to which ``partition``'s label windows may close."""
+        now = time.monotonic()
+        idle_after = self.settings.idle_flush_s
+        active, newest, last = [], 0.0, self.started
+        for topic in (self.impressions_topic, self.feedback_topic):
+            clock = self.clock.get((topic, partition))
+            if clock is None:
+                if now - self.started < idle_after:
+                    return 0.0  # an input not read yet may still hold older events
+                continue
+            seen = self.last_input[(topic, partition)]
+            newest, last = max(newest, clock), max(last, seen)
+            if now - seen < idle_after:
+                active.append(clock)
+        if not newest:
+            return 0.0
+        if not active:
+            return newest + (now - last) - self.settings.watermark_delay_s
+        return min(active) - self.settings.watermark_delay_s
+
+    def _store(self, user_id: str, partition: int, state: dict[str, Any]) -> None:
+        state["partition"] = partition
+        with partition_context(self.impressions_topic, partition):
+            self.users[user_id] = state
+        deadline = user_state.next_deadline(state, self.settings)
+        if deadline is not None:
+            heapq.heappush(self.deadlines[partition], (deadline, user_id))
+
+    async def close_due(self, partition: int) -> None:
+        """Close every label window on ``partition`` that its clock has passed."""
+        heap = self.deadlines[partition]
+        watermark = self.watermark(partition)
+        due: set[str] = set()
+        while heap and heap[0][0] <= watermark:
+            due.add(heapq.heappop(heap)[1])
+        for user_id in due:
+            current = self.users.get(user_id)
+            if current is None:
+                continue
+            state, out = user_state.advance(current, watermark, user_id, self.settings)
+            if out.examples or out.counts:
+                self._store(user_id, partition, state)
+                _observe(out.counts)
+                await self._publish(out, {})
+            else:
+                deadline = user_state.next_deadline(current, self.settings)
+                if deadline is not None:
+                    heapq.heappush(heap, (deadline, user_id))
+        metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
+
+    async def on_idle_tick(self) -> None:
+        """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
+        if self.index_stale:
+            self.rebuild_index(self.users.items())
+        for partition in list(self.deadlines):
+            await self.close_due(partition)
+
+    def rebuild_index(self, items: Iterable[tuple[str, Any]]) -> None:
+        """Rebuild the label deadlines from the table (after recovery or a rebalance).
+
+        Clocks are not restored: they restart from the input, so redelivered events are
+        never judged late against a clock they helped to move.
+        """
+        self.deadlines.clear()
+        for user_id, state in items:
+            if not state:
+                continue
+            partition = int(state.get("partition", 0))
+            deadline = user_state.next_deadline(state, self.settings)
+            if deadline is not None:
+                self.deadlines[partition].append((deadline, user_id))
+        for heap in self.deadlines.values():
+            heapq.heapify(heap)
+        self.index_stale = False
+
+    async def _publish(self, out: user_state.Outputs, sent_ms: dict[str, int | None]) -> None:
+        for example in out.examples:
+            group = "none" if example.label == NO_REACTION else kind_group(example.label)
+            metrics.EXAMPLES.labels(group).inc()
+            await self.topics.examples.send(key=example.user_id.encode(), value=encode(example))
+        for update in out.updates:
+            await self.topics.scores.send(key=update.user_id.encode(), value=encode(update))
+            metrics.SCORE_UPDATES.labels(update.source).inc()
+            for event_id in update.trigger_event_ids:
+                produced = sent_ms.get(event_id)
+                if produced:
+                    metrics.FEEDBACK_TO_SCORE.labels("fast").observe(
+                        max(0.0, time.time() - produced / 1000)
+                    )
+
+
+def _raw(event: EventT[Any]) -> RawMessage:
+    message = event.message
+    key = (
+        event.key if event.key is None or isinstance(event.key, bytes) else str(event.key).encode()
+    )
+    value = event.value if event.value is None or isinstance(event.value, bytes) else None
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=key,
+        value=value,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+def _observe(counts: Counter[str]) -> None:
+    for name, count in counts.items():
+        if ":" in name:
+            outcome, kind = name.split(":", 1)
+            metrics.EVENTS.labels(kind, outcome).inc(count)
+        elif name == "abuse_excluded":
+            metrics.EXCLUDED_EXAMPLES.labels("abuse_guard").inc(count)
+        elif name == "unmatched_feedback":
+            metrics.UNMATCHED_FEEDBACK.inc(count)
+        elif name == "flagged":
+            metrics.FLAGGED_USERS.inc(count)

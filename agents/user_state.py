@@ -1,0 +1,326 @@
+"""Per-user state: dedupe, windowed counters and the label join, as pure functions.
+
+A user's state is a JSON-able dict kept in the Faust ``users`` table. ``apply_events`` folds
+a micro-batch of that user's validated events into a copy of it and returns the outputs;
+``advance`` closes the label windows the event-time clock has passed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from agents import windows
+from agents.suppression import fast_path_update
+from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
+from schemas.kinds import DEFAULT_SEVERITY, EXPLICIT_NEGATIVE, NEGATIVE_KINDS, NO_REACTION
+from streams.settings import Settings
+
+State = dict[str, Any]
+Event = Impression | Feedback
+
+#: Feedback up to this many seconds before its impression's time still joins (clock skew).
+JOIN_SKEW_S = 5.0
+
+
+@dataclass
+class Outputs:
+    """What one call produced: records to publish and counters for metrics."""
+
+    examples: list[Example] = field(default_factory=list)
+    updates: list[ScoreUpdate] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def extend(self, other: Outputs) -> None:
+        """Append ``other``'s records and counts to these."""
+        self.examples.extend(other.examples)
+        self.updates.extend(other.updates)
+        self.counts.update(other.counts)
+
+
+def next_deadline(state: State, settings: Settings) -> float | None:
+    """Event time at which the user's earliest open label window closes, if any."""
+    times = [p["timestamp"] for p in state["pending"]]
+    times += [o["timestamp"] for o in state["orphans"]]
+    return min(times) + settings.label_window_s if times else None
+
+
+def new_state() -> State:
+    """An empty user state."""
+    return {
+        "clock": 0.0,
+        "seen": {},
+        "short": {},
+        "long": {},
+        "pending": [],
+        "orphans": [],
+        "candidates": [],
+        "suppressions": [],
+        "flagged_since": 0.0,
+        "flagged_until": 0.0,
+    }
+
+
+def copy_state(state: State | None) -> State:
+    """A deep copy, so callers' state is never mutated."""
+    return new_state() if state is None else orjson.loads(orjson.dumps(state))
+
+
+def apply_events(
+    state: State | None, events: list[Event], settings: Settings, watermark: float = 0.0
+) -> tuple[State, Outputs]:
+    """Fold one user's events (in arrival order) into a copy of ``state``.
+
+    An event more than ``grace_s`` behind the event-time ``watermark`` is late:
+    counted, remembered for dedupe, not applied.
+    """
+    state = copy_state(state)
+    out = Outputs()
+    seen: dict[str, float] = state["seen"]
+    for event in events:
+        kind = "impression" if isinstance(event, Impression) else "feedback"
+        if event.event_id in seen:
+            out.counts["duplicate:" + kind] += 1
+            continue
+        seen[event.event_id] = event.timestamp
+        if event.timestamp < watermark - settings.grace_s:
+            out.counts["late:" + kind] += 1
+            continue
+        state["clock"] = max(state["clock"], event.timestamp)
+        if isinstance(event, Impression):
+            _apply_impression(state, event, settings)
+        else:
+            _apply_feedback(state, event, settings, out)
+        out.counts["accepted:" + kind] += 1
+    _expire(state, settings)
+    return state, out
+
+
+def _apply_impression(state: State, imp: Impression, settings: Settings) -> None:
+    pending: dict[str, Any] = {
+        "event_id": imp.event_id,
+        "item_id": imp.item_id,
+        "creator_id": imp.creator_id,
+        "category": imp.category,
+        "request_id": imp.request_id,
+        "timestamp": imp.timestamp,
+        "kinds": [],
+        "label_ts": None,
+        "features": features(state, settings, imp.item_id, imp.creator_id, imp.category),
+    }
+    names = ["imp", "i:" + imp.item_id]
+    if imp.creator_id is not None:
+        names.append("c:" + imp.creator_id)
+    _count(state, imp.timestamp, names, settings)
+    remaining = []
+    for orphan in state["orphans"]:
+        if _joins(pending, orphan, settings):
+            pending["kinds"].append(orphan["kind"])
+            pending["label_ts"] = orphan["timestamp"]
+        else:
+            remaining.append(orphan)
+    state["orphans"] = remaining
+    state["pending"].append(pending)
+    candidates = [c for c in state["candidates"] if c["item_id"] != imp.item_id]
+    candidates.append(
+        {"item_id": imp.item_id, "creator_id": imp.creator_id, "category": imp.category}
+    )
+    state["candidates"] = candidates[-settings.candidates_per_user :]
+
+
+def _apply_feedback(state: State, fb: Feedback, settings: Settings, out: Outputs) -> None:
+    if fb.kind in NEGATIVE_KINDS:
+        names = ["neg", "k:" + fb.kind]
+        if fb.kind in EXPLICIT_NEGATIVE:
+            names.append("exp")
+        if fb.creator_id is not None:
+            names.append("nc:" + fb.creator_id)
+        if fb.category is not None:
+            names.append("ng:" + fb.category)
+    else:
+        names = ["pos", "k:" + fb.kind]
+    _count(state, fb.timestamp, names, settings)
+    orphan = {
+        "item_id": fb.item_id,
+        "request_id": fb.request_id,
+        "kind": fb.kind,
+        "timestamp": fb.timestamp,
+    }
+    for pending in reversed(state["pending"]):
+        if _joins(pending, orphan, settings):
+            pending["kinds"].append(fb.kind)
+            pending["label_ts"] = fb.timestamp
+            break
+    else:
+        state["orphans"].append(orphan)
+    short = windows.window_buckets(state["clock"], settings.window_short_s, settings.window_step_s)
+    if windows.total(state["short"], short, "neg") > settings.abuse_negative_cap:
+        if state["flagged_until"] <= fb.timestamp:
+            out.counts["flagged"] += 1
+            state["flagged_since"] = fb.timestamp
+        state["flagged_until"] = fb.timestamp + settings.window_short_s
+    update = fast_path_update(state, fb, settings)
+    if update is not None:
+        out.updates.append(update)
+
+
+def _joins(pending: dict[str, Any], feedback: dict[str, Any], settings: Settings) -> bool:
+    if pending["item_id"] != feedback["item_id"]:
+        return False
+    request, feedback_request = pending["request_id"], feedback["request_id"]
+    if request and feedback_request and request != feedback_request:
+        return False
+    delay = float(feedback["timestamp"]) - float(pending["timestamp"])
+    return -JOIN_SKEW_S <= delay <= settings.label_window_s
+
+
+def _count(state: State, timestamp: float, names: list[str], settings: Settings) -> None:
+    windows.add(state["short"], windows.bucket_of(timestamp, settings.window_step_s), names)
+    long_step = long_step_s(settings)
+    windows.add(state["long"], windows.bucket_of(timestamp, long_step), names)
+
+
+def long_step_s(settings: Settings) -> float:
+    """Bucket size of the long window."""
+    return windows.long_step(settings.window_long_s, settings.window_step_s)
+
+
+def advance(
+    state: State | None, watermark: float, user_id: str, settings: Settings
+) -> tuple[State, Outputs]:
+    """Emit the examples whose label window closed at event time ``watermark``.
+
+    The watermark, not the user's own clock, closes windows: the two input topics are read
+    independently, so one user's impressions can run ahead of that user's feedback.
+    """
+    state = copy_state(state)
+    out = Outputs()
+    now = watermark
+    still_open = []
+    for pending in state["pending"]:
+        if pending["timestamp"] + settings.label_window_s > now:
+            still_open.append(pending)
+        elif _flagged_during(state, pending, settings):
+            out.counts["abuse_excluded"] += 1
+        else:
+            out.examples.append(_example(user_id, pending))
+    state["pending"] = still_open
+    kept = [o for o in state["orphans"] if o["timestamp"] + settings.label_window_s > now]
+    out.counts["unmatched_feedback"] += len(state["orphans"]) - len(kept)
+    state["orphans"] = kept
+    return state, out
+
+
+def _flagged_during(state: State, pending: dict[str, Any], settings: Settings) -> bool:
+    # Excluded when the user was flagged at any point of the impression's label window.
+    start, end = pending["timestamp"], pending["timestamp"] + settings.label_window_s
+    return bool(state["flagged_since"] <= end and start <= state["flagged_until"])
+
+
+def _example(user_id: str, pending: dict[str, Any]) -> Example:
+    kinds = tuple(pending["kinds"])
+    label = max(kinds, key=_label_rank) if kinds else NO_REACTION
+    delay = None if pending["label_ts"] is None else pending["label_ts"] - pending["timestamp"]
+    return Example(
+        example_id=pending["event_id"],
+        user_id=user_id,
+        item_id=pending["item_id"],
+        timestamp=pending["timestamp"],
+        label=label,
+        weight=DEFAULT_SEVERITY.get(label, 1.0),
+        creator_id=pending["creator_id"],
+        category=pending["category"],
+        request_id=pending["request_id"],
+        kinds=kinds,
+        features=pending["features"],
+        label_delay_s=delay,
+    )
+
+
+def _label_rank(kind: str) -> tuple[int, float]:
+    # Negatives outrank positives; within a group the most severe kind wins.
+    return (1 if kind in NEGATIVE_KINDS else 0, DEFAULT_SEVERITY.get(kind, 1.0))
+
+
+def _expire(state: State, settings: Settings) -> None:
+    clock = state["clock"]
+    oldest_short = windows.window_buckets(clock, settings.window_short_s, settings.window_step_s)
+    windows.expire(state["short"], oldest_short.start)
+    long_step = long_step_s(settings)
+    windows.expire(
+        state["long"], windows.window_buckets(clock, settings.window_long_s, long_step).start
+    )
+    horizon = clock - settings.dedup_ttl_s
+    seen = {k: v for k, v in state["seen"].items() if v >= horizon}
+    if len(seen) > settings.dedup_max_per_user:
+        seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-settings.dedup_max_per_user :])
+    state["seen"] = seen
+    state["suppressions"] = [s for s in state["suppressions"] if s["expires_at"] > clock]
+
+
+def table_view(state: State, settings: Settings) -> dict[str, Any]:
+    """The user's windowed counters at their event-time clock, as published to operators."""
+    clock = state["clock"]
+    view: dict[str, Any] = {"clock": clock, "flagged": state["flagged_until"] > clock}
+    spans = {
+        "short": (
+            state["short"],
+            windows.window_buckets(clock, settings.window_short_s, settings.window_step_s),
+        ),
+        "long": (
+            state["long"],
+            windows.window_buckets(clock, settings.window_long_s, long_step_s(settings)),
+        ),
+    }
+    for name, (buckets, window) in spans.items():
+        merged: Counter[str] = Counter()
+        for index in window:
+            merged.update(buckets.get(str(index), {}))
+        impressions, negatives = merged["imp"], merged["neg"]
+        view[name] = {
+            "impressions": impressions,
+            "negatives": negatives,
+            "positives": merged["pos"],
+            "explicit_negatives": merged["exp"],
+            "negative_rate": negatives / impressions if impressions else 0.0,
+            "by_kind": _prefixed(merged, "k:"),
+            "negatives_by_creator": _prefixed(merged, "nc:"),
+            "negatives_by_category": _prefixed(merged, "ng:"),
+            "exposure_by_item": _prefixed(merged, "i:"),
+            "exposure_by_creator": _prefixed(merged, "c:"),
+        }
+    return view
+
+
+def _prefixed(counts: Counter[str], prefix: str) -> dict[str, int]:
+    return {k[len(prefix) :]: v for k, v in counts.items() if k.startswith(prefix) and v}
+
+
+def features(
+    state: State, settings: Settings, item_id: str, creator_id: str | None, category: str | None
+) -> dict[str, float]:
+    """Dense features of one candidate for this user, named as :data:`FEATURE_NAMES`."""
+    clock = state["clock"]
+    short = windows.window_buckets(clock, settings.window_short_s, settings.window_step_s)
+    long = windows.window_buckets(clock, settings.window_long_s, long_step_s(settings))
+    s, lg = state["short"], state["long"]
+    short_imp = windows.total(s, short, "imp")
+    long_imp = windows.total(lg, long, "imp")
+    values = {
+        "neg_rate_short": windows.total(s, short, "neg") / short_imp if short_imp else 0.0,
+        "neg_rate_long": windows.total(lg, long, "neg") / long_imp if long_imp else 0.0,
+        "explicit_neg_long": float(windows.total(lg, long, "exp")),
+        "creator_neg_long": float(windows.total(lg, long, "nc:" + creator_id))
+        if creator_id
+        else 0.0,
+        "category_neg_long": float(windows.total(lg, long, "ng:" + category)) if category else 0.0,
+        "item_exposure": float(windows.total(lg, long, "i:" + item_id)),
+        "creator_exposure": float(windows.total(lg, long, "c:" + creator_id))
+        if creator_id
+        else 0.0,
+        "impressions_long": float(long_imp),
+    }
+    return {name: values[name] for name in FEATURE_NAMES}

@@ -1,0 +1,80 @@
+"""Hopping event-time windows over per-user counters, kept as step-sized buckets."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+def bucket_of(timestamp: float, step: float) -> int:
+    """Index of the bucket holding ``timestamp``.
+
+    Examples
+    --------
+    >>> bucket_of(125.0, 60.0), bucket_of(120.0, 60.0)
+    (2, 2)
+    """
+    return math.floor(timestamp / step)
+
+
+def window_buckets(clock: float, size: float, step: float) -> range:
+    """Buckets of the hopping window that ends with the bucket holding ``clock``.
+
+    Examples
+    --------
+    >>> list(window_buckets(600.0, 300.0, 60.0))
+    [6, 7, 8, 9, 10]
+    """
+    last = bucket_of(clock, step)
+    count = max(1, round(size / step))
+    return range(last - count + 1, last + 1)
+
+
+def add(buckets: dict[str, dict[str, int]], index: int, counts: Iterable[str]) -> None:
+    """Add one to each counter name in ``counts`` inside bucket ``index``."""
+    bucket = buckets.setdefault(str(index), {})
+    for name in counts:
+        bucket[name] = bucket.get(name, 0) + 1
+
+
+def total(buckets: dict[str, dict[str, int]], window: range, name: str) -> int:
+    """Sum of counter ``name`` over the buckets of ``window``.
+
+    Examples
+    --------
+    >>> b = {"1": {"neg": 2}, "2": {"neg": 1, "imp": 4}, "9": {"neg": 5}}
+    >>> total(b, range(0, 3), "neg"), total(b, range(0, 3), "imp")
+    (3, 4)
+    """
+    result = 0
+    for index in window:
+        bucket = buckets.get(str(index))
+        if bucket:
+            result += bucket.get(name, 0)
+    return result
+
+
+def expire(buckets: dict[str, dict[str, int]], oldest: int) -> int:
+    """Drop buckets older than index ``oldest``; return how many were dropped.
+
+    Examples
+    --------
+    >>> b = {"1": {}, "5": {}}
+    >>> expire(b, 3), sorted(b)
+    (1, ['5'])
+    """
+    stale = [key for key in buckets if int(key) < oldest]
+    for key in stale:
+        del buckets[key]
+    return len(stale)
+
+
+def long_step(size: float, step: float, max_buckets: int = 48) -> float:
+    """Bucket size of a long window: the hop, widened so it spans at most ``max_buckets``.
+
+    Examples
+    --------
+    >>> long_step(86_400.0, 60.0), long_step(600.0, 60.0)
+    (1800.0, 60.0)
+    """
+    return max(step, size / max_buckets)

@@ -1,0 +1,160 @@
+"""Model configuration: one frozen dataclass holding every knob of the online model."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+import torch
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "DEFAULT_SEVERITY",
+    "ENGAGEMENT",
+    "EXPLICIT_NEGATIVE",
+    "HEADS",
+    "IMPLICIT_NEGATIVE",
+    "NO_REACTION",
+    "ModelConfig",
+    "resolve_device",
+]
+
+EXPLICIT_NEGATIVE: Final = ("dislike", "hide", "not_interested", "report", "block_creator")
+IMPLICIT_NEGATIVE: Final = ("skip", "short_dwell", "click_no_convert")
+ENGAGEMENT: Final = ("click", "like", "long_dwell", "convert")
+NO_REACTION: Final = "none"
+
+#: Output heads, in column order of targets and predictions.
+HEADS: Final = ("explicit_negative", "implicit_negative", "engagement")
+
+#: Dense per-user table features the join emits; names absent from an example count as 0.
+DEFAULT_FEATURES: Final = (
+    "neg_rate_short",
+    "neg_rate_long",
+    "explicit_neg_long",
+    "creator_neg_long",
+    "category_neg_long",
+    "item_exposure",
+    "creator_exposure",
+    "impressions_long",
+)
+
+#: Loss weight of an example by the most severe kind observed on it. Reports and blocks
+#: outweigh any positive signal, the ordering public heavy-ranker weights use.
+DEFAULT_SEVERITY: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "report": 5.0,
+        "block_creator": 5.0,
+        "not_interested": 4.0,
+        "hide": 3.0,
+        "dislike": 3.0,
+        "skip": 1.0,
+        "short_dwell": 1.0,
+        "click_no_convert": 0.5,
+        "click": 1.0,
+        "like": 1.0,
+        "long_dwell": 1.0,
+        "convert": 1.0,
+    }
+)
+
+
+def _default_severity() -> dict[str, float]:
+    return dict(DEFAULT_SEVERITY)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``"auto"`` to ``cuda`` when a GPU is visible, else ``cpu``; pass others through."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every knob of :class:`model.online.OnlineModel`.
+
+    Parameters
+    ----------
+    buckets
+        Hash buckets per id field (row 0 is the missing id). See :mod:`model.hashing`.
+    embedding_dim
+        Width of each id embedding.
+    hidden
+        Widths of the MLP's hidden layers.
+    features
+        Names of the dense features, in column order.
+    severity
+        Loss weight of each feedback kind; kinds absent here (and ``"none"``) weigh 1.
+    lr
+        Learning rate of both optimisers.
+    optimizer
+        ``"adam"``: SparseAdam on embeddings + Adam on the MLP (measured the faster learner on
+        the toy streams); ``"adagrad"``: one Adagrad over everything.
+    seed
+        Seeds weight initialisation and negative sampling.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    adversarial_eps
+        APR-style robustness: when > 0, embeddings are perturbed by ``eps`` along the
+        row-normalised loss gradient and the loss at the perturbed point is added.
+    adversarial_weight
+        Weight of that adversarial loss term.
+    extra_negatives
+        Extra negative rows sampled per explicit-negative example (see
+        :func:`model.sampling.sample_extra_negatives`).
+    extra_negative_weight
+        Loss weight of a sampled negative relative to the example it came from.
+    """
+
+    buckets: int = 2**18
+    embedding_dim: int = 16
+    hidden: tuple[int, ...] = (64, 32)
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    severity: Mapping[str, float] = field(default_factory=_default_severity)
+    lr: float = 0.01
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    seed: int = 0
+    device: str = "auto"
+    adversarial_eps: float = 0.0
+    adversarial_weight: float = 1.0
+    extra_negatives: int = 0
+    extra_negative_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.buckets < 2:
+            raise ValueError("buckets must be >= 2")
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be >= 1")
+        if self.adversarial_eps < 0 or self.extra_negatives < 0:
+            raise ValueError("adversarial_eps and extra_negatives must be >= 0")
+        if self.optimizer not in ("adam", "adagrad"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        # A frozen config must not share a mutable mapping with its caller.
+        object.__setattr__(self, "severity", MappingProxyType(dict(self.severity)))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "features", tuple(self.features))
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Output heads, in column order."""
+        return HEADS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-container form, safe for ``torch.load(weights_only=True)`` and JSON."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["severity"] = dict(self.severity)
+        out["hidden"] = list(self.hidden)
+        out["features"] = list(self.features)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are rejected."""
+        kwargs = dict(values)
+        kwargs["hidden"] = tuple(kwargs.get("hidden", cls.hidden))
+        kwargs["features"] = tuple(kwargs.get("features", DEFAULT_FEATURES))
+        return cls(**kwargs)

@@ -1,0 +1,85 @@
+"""Builds the Faust app from the settings object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.serializers import codecs
+
+from streams.settings import Settings
+
+
+class OrjsonCodec(codecs.Codec):
+    """JSON through orjson, for table values and changelogs."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
+class Utf8Codec(codecs.Codec):
+    """Text keys (user ids) as UTF-8 bytes."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return s.decode("utf-8", "replace")
+
+
+codecs.register("orjson", OrjsonCodec())
+codecs.register("utf8", Utf8Codec())
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for the configured SASL/SSL connection, or ``None``."""
+    ssl_context = None
+    if settings.security_protocol.endswith("SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def build_app(settings: Settings) -> faust.App:
+    """A Faust app configured from ``settings``; agents are registered by the worker."""
+    datadir = Path(settings.data_dir) / "faust"
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        autodiscover=False,
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=False,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_s,
+        broker_request_timeout=max(30.0, settings.session_timeout_s + 5),
+        producer_max_batch_size=settings.producer_max_batch_size,
+        producer_linger=0.0,
+        stream_buffer_maxsize=max(4096, 4 * settings.batch_size),
+        web_enabled=True,
+        web_bind=settings.metrics_host,
+        web_host=settings.metrics_host,
+        web_port=settings.metrics_port,
+        web_in_thread=False,
+        table_standby_replicas=0,
+    )

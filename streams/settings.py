@@ -1,0 +1,183 @@
+"""The one settings object: every knob, read from ``NEGSTREAM_*`` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PREFIX = "NEGSTREAM_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """negstream settings; each field is read from ``NEGSTREAM_<FIELD NAME IN CAPITALS>``.
+
+    Defaults run against the embedded broker on loopback. For Apache Kafka set
+    ``broker_url`` and the client tuning marked *(Tansu)* back to normal values (README).
+    """
+
+    broker_url: str = "kafka://127.0.0.1:9092"
+    """NEGSTREAM_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+    app_id: str = "negstream"
+    """NEGSTREAM_APP_ID: Faust app id; also the consumer group and changelog topic prefix."""
+    topic_prefix: str = ""
+    """NEGSTREAM_TOPIC_PREFIX: prepended to every topic name (isolates tenants and tests)."""
+    topic_impressions: str = "impressions"
+    """NEGSTREAM_TOPIC_IMPRESSIONS: input topic of impressions."""
+    topic_feedback: str = "negative-feedback"
+    """NEGSTREAM_TOPIC_FEEDBACK: input topic of feedback events."""
+    topic_examples: str = "training-examples"
+    """NEGSTREAM_TOPIC_EXAMPLES: labelled examples; the replayable training log."""
+    topic_scores: str = "scores"
+    """NEGSTREAM_TOPIC_SCORES: refreshed scores and suppressions (compacted)."""
+    topic_drift: str = "drift-metrics"
+    """NEGSTREAM_TOPIC_DRIFT: drift reports."""
+    topic_dead_letters: str = "dead-letters"
+    """NEGSTREAM_TOPIC_DEAD_LETTERS: rejected input with its reason."""
+    partitions: int = 4
+    """NEGSTREAM_PARTITIONS: partitions of every topic (inputs must be co-partitioned)."""
+    replication_factor: int = 1
+    """NEGSTREAM_REPLICATION_FACTOR: replication of created topics (3 in production)."""
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """NEGSTREAM_RETENTION_MS: retention of the non-compacted topics."""
+    max_payload_bytes: int = 64 * 1024
+    """NEGSTREAM_MAX_PAYLOAD_BYTES: larger input messages are dead-lettered as oversize."""
+    batch_size: int = 1000
+    """NEGSTREAM_BATCH_SIZE: input events processed per micro-batch."""
+    batch_within_s: float = 0.02
+    """NEGSTREAM_BATCH_WITHIN_S: longest wait to fill a micro-batch."""
+    dedup_ttl_s: float = 3600.0
+    """NEGSTREAM_DEDUP_TTL_S: event-time span over which a repeated event_id is dropped."""
+    dedup_max_per_user: int = 4096
+    """NEGSTREAM_DEDUP_MAX_PER_USER: most event ids remembered per user (oldest go first)."""
+    window_short_s: float = 600.0
+    """NEGSTREAM_WINDOW_SHORT_S: short window of the per-user tables."""
+    window_long_s: float = 86_400.0
+    """NEGSTREAM_WINDOW_LONG_S: long window of the per-user tables."""
+    window_step_s: float = 60.0
+    """NEGSTREAM_WINDOW_STEP_S: hop of both windows (their bucket size)."""
+    grace_s: float = 300.0
+    """NEGSTREAM_GRACE_S: events later than this behind the user's clock count as late."""
+    label_window_s: float = 120.0
+    """NEGSTREAM_LABEL_WINDOW_S: how long an impression waits for its feedback."""
+    watermark_delay_s: float = 5.0
+    """NEGSTREAM_WATERMARK_DELAY_S: how far the event-time clock trails the newest event."""
+    idle_flush_s: float = 2.0
+    """NEGSTREAM_IDLE_FLUSH_S: wall seconds without input before a partition's clock advances."""
+    candidates_per_user: int = 50
+    """NEGSTREAM_CANDIDATES_PER_USER: recent impressions kept per user for rescoring."""
+    abuse_negative_cap: int = 200
+    """NEGSTREAM_ABUSE_NEGATIVE_CAP: negatives per short window that flag a user as abusive."""
+    suppression_ttl_s: float = 7 * 86_400.0
+    """NEGSTREAM_SUPPRESSION_TTL_S: lifetime of an item suppression."""
+    creator_suppression_ttl_s: float = 3 * 86_400.0
+    """NEGSTREAM_CREATOR_SUPPRESSION_TTL_S: lifetime of a creator/category suppression."""
+    train_batch_size: int = 1024
+    """NEGSTREAM_TRAIN_BATCH_SIZE: examples per training micro-batch."""
+    train_max_wait_s: float = 1.0
+    """NEGSTREAM_TRAIN_MAX_WAIT_S: longest wait to fill a training micro-batch."""
+    device: str = "auto"
+    """NEGSTREAM_DEVICE: torch device for the model: auto (cuda if present), cpu or cuda."""
+    data_dir: str = "negstream-data"
+    """NEGSTREAM_DATA_DIR: worker data (Faust state, checkpoints under ``checkpoints/``)."""
+    checkpoint_every_batches: int = 50
+    """NEGSTREAM_CHECKPOINT_EVERY_BATCHES: checkpoint after this many training batches."""
+    checkpoint_every_s: float = 60.0
+    """NEGSTREAM_CHECKPOINT_EVERY_S: or after this many seconds, whichever comes first."""
+    drift_interval_s: float = 30.0
+    """NEGSTREAM_DRIFT_INTERVAL_S: period of drift reports."""
+    metrics_host: str = "127.0.0.1"
+    """NEGSTREAM_METRICS_HOST: address the /metrics server binds (0.0.0.0 to expose)."""
+    metrics_port: int = 6066
+    """NEGSTREAM_METRICS_PORT: port of the /metrics server."""
+    session_timeout_s: float = 2.0
+    """NEGSTREAM_SESSION_TIMEOUT_S: consumer session timeout (Tansu: 2; Kafka: 45)."""
+    heartbeat_s: float = 0.5
+    """NEGSTREAM_HEARTBEAT_S: consumer heartbeat interval (Tansu: 0.5; Kafka: 3)."""
+    producer_max_batch_size: int = 1
+    """NEGSTREAM_PRODUCER_MAX_BATCH_SIZE: producer batch bytes (Tansu: 1; Kafka: 16384+)."""
+    security_protocol: str = "PLAINTEXT"
+    """NEGSTREAM_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    sasl_mechanism: str = "PLAIN"
+    """NEGSTREAM_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."""
+    sasl_username: str = ""
+    """NEGSTREAM_SASL_USERNAME: SASL user."""
+    sasl_password: str = ""
+    """NEGSTREAM_SASL_PASSWORD: SASL password."""
+    ssl_cafile: str = ""
+    """NEGSTREAM_SSL_CAFILE: CA bundle that signs the brokers' certificates."""
+    pseudonymize_key: str = ""
+    """NEGSTREAM_PSEUDONYMIZE_KEY: when set, user ids on output topics are keyed hashes."""
+    log_level: str = "info"
+    """NEGSTREAM_LOG_LEVEL: crit, error, warn, info or debug."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``NEGSTREAM_*`` variables, then apply keyword ``overrides``."""
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(PREFIX + spec.name.upper())
+            if raw is not None:
+                values[spec.name] = _convert(spec.name, spec.type, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and checked."""
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise :class:`SettingsError` for values that cannot work together."""
+        positive = (
+            "partitions", "batch_size", "window_short_s", "window_long_s", "window_step_s",
+            "label_window_s", "train_batch_size", "drift_interval_s", "max_payload_bytes",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be > 0")
+        if self.window_long_s < self.window_short_s:
+            raise SettingsError("NEGSTREAM_WINDOW_LONG_S must be >= NEGSTREAM_WINDOW_SHORT_S")
+        if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
+            raise SettingsError("NEGSTREAM_DEVICE must be auto, cpu, cuda or cuda:N")
+
+    def topic(self, name: str) -> str:
+        """Full name of a topic setting, e.g. ``topic("scores")``."""
+        return self.topic_prefix + str(getattr(self, f"topic_{name}"))
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for plain Kafka clients."""
+        return [part.split("://", 1)[-1] for part in self.broker_url.replace(",", ";").split(";")]
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Directory of model checkpoints."""
+        return f"{self.data_dir}/checkpoints"
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

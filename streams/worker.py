@@ -1,0 +1,38 @@
+"""The worker: topics created, app built, agents registered, run until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from prometheus_client import REGISTRY
+
+from streams.admin import ensure_topics
+from streams.app import build_app
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The app with every agent registered and /metrics served."""
+    import agents
+
+    app = build_app(settings)
+    agents.register(app, settings)
+    setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="negstream")
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics, then run one worker in the foreground until SIGINT/SIGTERM."""
+    ensure_topics(settings)
+    app = create_app(settings)
+    print(
+        f"negstream worker: broker {settings.broker_url}, "
+        f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+        flush=True,
+    )
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,95 @@
+"""Training throughput of the default OnlineModel at batch 1024: featurise vs train split."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from model import ExampleBatch, ModelConfig, OnlineModel
+from model.config import DEFAULT_FEATURES, ENGAGEMENT, EXPLICIT_NEGATIVE, IMPLICIT_NEGATIVE
+
+_LABELS = ("none",) * 10 + EXPLICIT_NEGATIVE + IMPLICIT_NEGATIVE * 2 + ENGAGEMENT * 2
+
+
+def synthetic_examples(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` decoded Example records over realistic id vocabularies."""
+    rng = random.Random(seed)
+    examples = []
+    for index in range(n):
+        label = rng.choice(_LABELS)
+        examples.append(
+            {
+                "example_id": f"e{index}",
+                "user_id": f"u{rng.randrange(100_000)}",
+                "item_id": f"i{rng.randrange(200_000)}",
+                "creator_id": f"c{rng.randrange(10_000)}" if rng.random() < 0.9 else None,
+                "category": f"cat{rng.randrange(50)}" if rng.random() < 0.9 else None,
+                "request_id": None,
+                "timestamp": 1.7e9 + index,
+                "label": label,
+                "kinds": [] if label == "none" else [label],
+                "weight": 1.0,
+                "features": {name: rng.random() * 10 for name in DEFAULT_FEATURES},
+                "label_delay_s": None,
+            }
+        )
+    return examples
+
+
+def measure(
+    device: str, batch_size: int = 1024, batches: int = 60, warmup: int = 10
+) -> dict[str, float]:
+    """Examples/s of featurise + learn_many on ``device``; the split is in seconds per batch."""
+    config = ModelConfig(device=device)
+    model = OnlineModel(config)
+    stream: Sequence[list[dict[str, Any]]] = [
+        synthetic_examples(batch_size, seed=b) for b in range(batches + warmup)
+    ]
+    featurise = train = 0.0
+    for index, examples in enumerate(stream):
+        start = time.perf_counter()
+        batch = ExampleBatch.from_examples(examples, config)
+        built = time.perf_counter()
+        model.learn_many(batch)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        done = time.perf_counter()
+        if index >= warmup:
+            featurise += built - start
+            train += done - built
+    total = featurise + train
+    return {
+        "examples_per_s": batches * batch_size / total,
+        "train_only_examples_per_s": batches * batch_size / train,
+        "featurise_ms_per_batch": 1e3 * featurise / batches,
+        "train_ms_per_batch": 1e3 * train / batches,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    for device in devices:
+        result = measure(device, args.batch_size, args.batches)
+        print(
+            f"{device}: {result['examples_per_s']:,.0f} examples/s end to end "
+            f"(featurise {result['featurise_ms_per_batch']:.2f} ms + "
+            f"train {result['train_ms_per_batch']:.2f} ms per batch; "
+            f"train alone {result['train_only_examples_per_s']:,.0f} examples/s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The per-user state machine: dedupe, late events, windows, the label join, abuse guard."""
+
+from __future__ import annotations
+
+import copy
+
+from agents import user_state
+from schemas import Feedback, Impression
+from streams.settings import Settings
+
+T0 = 1_767_225_600.0
+SETTINGS = Settings(label_window_s=60.0, grace_s=120.0, watermark_delay_s=0.0, window_step_s=60.0,
+                    window_short_s=600.0, window_long_s=3600.0, abuse_negative_cap=5)  # fmt: skip
+
+
+def imp(
+    eid: str, t: float, item: str = "i1", creator: str = "c1", request: str | None = None
+) -> Impression:
+    return Impression(
+        eid, "u1", item, T0 + t, creator_id=creator, category="g1", request_id=request
+    )
+
+
+def fb(
+    eid: str, t: float, kind: str = "dislike", item: str = "i1", request: str | None = None
+) -> Feedback:
+    return Feedback(
+        eid, "u1", item, kind, T0 + t, creator_id="c1", category="g1", request_id=request
+    )
+
+
+def run(events: list[Impression | Feedback], close_at: float | None = None):
+    state, out = user_state.apply_events(None, events, SETTINGS)
+    if close_at is not None:
+        state, closed = user_state.advance(state, T0 + close_at, "u1", SETTINGS)
+        out.extend(closed)
+    return state, out
+
+
+def test_duplicates_count_once() -> None:
+    state, out = run([imp("a", 0), imp("a", 0), fb("b", 5), fb("b", 5)])
+    view = user_state.table_view(state, SETTINGS)
+    assert view["short"]["impressions"] == 1 and view["short"]["negatives"] == 1
+    assert out.counts["duplicate:impression"] == 1 and out.counts["duplicate:feedback"] == 1
+    again, out2 = user_state.apply_events(state, [imp("a", 0)], SETTINGS)
+    assert out2.counts["duplicate:impression"] == 1
+    assert user_state.table_view(again, SETTINGS)["short"]["impressions"] == 1
+
+
+def test_apply_events_does_not_mutate_its_input() -> None:
+    state, _ = run([imp("a", 0)])
+    before = copy.deepcopy(state)
+    user_state.apply_events(state, [fb("b", 1), imp("c", 2)], SETTINGS)
+    user_state.advance(state, T0 + 1000, "u1", SETTINGS)
+    assert state == before
+
+
+def test_late_events_beyond_grace_are_counted_not_applied() -> None:
+    state, _ = run([imp("a", 1000)])
+    events = [imp("late", 1000 - 121), imp("ok", 1000 - 119)]
+    state, out = user_state.apply_events(state, events, SETTINGS, watermark=T0 + 1000)
+    assert out.counts["late:impression"] == 1
+    assert user_state.table_view(state, SETTINGS)["long"]["impressions"] == 2
+
+
+def test_windows_expire_with_the_clock() -> None:
+    state, _ = run([fb("a", 0), fb("b", 590), imp("c", 700)])
+    view = user_state.table_view(state, SETTINGS)
+    # The short window at t=700 covers buckets 2..11 (t in [120, 720)): only "b" is in it.
+    assert view["short"]["negatives"] == 1
+    assert view["long"]["negatives"] == 2
+
+
+def test_join_labels_with_the_most_severe_kind_and_weights_it() -> None:
+    _, out = run(
+        [imp("a", 0), fb("b", 3, "skip"), fb("c", 4, "report"), imp("d", 10, "i2")], close_at=200
+    )
+    by_id = {e.example_id: e for e in out.examples}
+    assert by_id["a"].label == "report" and by_id["a"].kinds == ("skip", "report")
+    assert by_id["a"].weight == 5.0 and by_id["a"].label_delay_s == 4.0
+    assert by_id["d"].label == "none" and by_id["d"].kinds == ()
+
+
+def test_feedback_before_its_impression_still_joins() -> None:
+    _, out = run([fb("b", 3, "hide"), imp("a", 0)], close_at=200)
+    assert [(e.example_id, e.label) for e in out.examples] == [("a", "hide")]
+
+
+def test_request_id_disambiguates_repeated_items() -> None:
+    events = [
+        imp("a", 0, request="r1"),
+        imp("b", 1, request="r2"),
+        fb("c", 2, "hide", request="r1"),
+    ]
+    _, out = run(events, close_at=200)
+    assert {e.example_id: e.label for e in out.examples} == {"a": "hide", "b": "none"}
+
+
+def test_label_window_bounds_the_join() -> None:
+    state, out = run([imp("a", 0)], close_at=59)
+    assert out.examples == []
+    state, out = user_state.apply_events(state, [fb("b", 61, "dislike")], SETTINGS)
+    _, closed = user_state.advance(state, T0 + 200, "u1", SETTINGS)
+    assert [e.label for e in closed.examples] == ["none"]
+    assert closed.counts["unmatched_feedback"] == 1
+
+
+def test_features_are_taken_before_the_impression_and_its_feedback() -> None:
+    _, out = run([imp("a", 0), fb("b", 1, "dislike"), imp("c", 2)], close_at=500)
+    by_id = {e.example_id: e for e in out.examples}
+    assert by_id["a"].features["item_exposure"] == 0.0
+    assert by_id["c"].features["item_exposure"] == 1.0
+    assert by_id["c"].features["explicit_neg_long"] == 1.0
+    assert by_id["c"].features["neg_rate_short"] == 1.0
+
+
+def test_strong_negative_publishes_a_suppression_at_once() -> None:
+    _, out = run([imp("a", 0), fb("b", 1, "not_interested")])
+    (update,) = out.updates
+    assert update.source == "fast_path" and update.trigger_event_ids == ("b",)
+    (suppression,) = update.suppressions
+    assert (suppression.target_type, suppression.target_id) == ("item", "i1")
+    assert suppression.reason == "not_interested" and 0 < suppression.penalty <= 1
+    assert suppression.expires_at == T0 + 1 + SETTINGS.suppression_ttl_s
+
+
+def test_repeated_negatives_suppress_the_creator() -> None:
+    events = [imp("a", 0), fb("b", 1, "dislike"), imp("c", 2, "i2"), fb("d", 3, "dislike", "i2")]
+    _, out = run(events)
+    targets = {(s.target_type, s.target_id) for s in out.updates[-1].suppressions}
+    assert ("creator", "c1") in targets and ("item", "i2") in targets
+    _, weak = run([imp("a", 0), fb("b", 1, "skip")])
+    assert weak.updates == []
+
+
+def test_flooding_user_is_flagged_and_excluded_from_examples() -> None:
+    events = [imp("a", 0)] + [fb(f"n{i}", 1 + i * 0.1, "dislike", f"x{i}") for i in range(8)]
+    _, out = run(events, close_at=500)
+    assert out.counts["flagged"] == 1
+    assert out.examples == [] and out.counts["abuse_excluded"] == 1
+    calm, calm_out = run([imp("a", 0), fb("b", 1)], close_at=500)
+    assert calm_out.counts["flagged"] == 0 and len(calm_out.examples) == 1
+    assert not user_state.table_view(calm, SETTINGS)["flagged"]
