@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -48,9 +49,16 @@ class InputPipeline:
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
         self.started = time.monotonic()
         self.index_stale = True
+        # Batches and the idle timer both read, publish, then write user state; the lock
+        # keeps one from reading state the other is about to replace.
+        self.lock = asyncio.Lock()
 
     async def process(self, events: list[EventT[Any]]) -> None:
         """Decode, validate, dedupe, update tables, join and publish one micro-batch."""
+        async with self.lock:
+            await self._process(events)
+
+    async def _process(self, events: list[EventT[Any]]) -> None:
         started = time.perf_counter()
         messages = [_raw(event) for event in events]
         decoded = decode_batch(messages, self.impressions_topic, self.settings.max_payload_bytes)
@@ -75,6 +83,8 @@ class InputPipeline:
             source = (messages[position].topic, messages[position].partition)
             self.clock[source] = max(self.clock.get(source, 0.0), record.timestamp)
             self.last_input[source] = now
+        batch_out = user_state.Outputs()
+        new_states: list[tuple[str, int, dict[str, Any]]] = []
         for user_id, positions in by_user.items():
             partition = messages[positions[-1]].partition
             batch = [records[p] for p in positions]
@@ -83,11 +93,16 @@ class InputPipeline:
                 self.users.get(user_id), batch, self.settings, watermark
             )
             state, closed = user_state.advance(state, watermark, user_id, self.settings)
-            out.extend(closed)
+            batch_out.extend(out)
+            batch_out.extend(closed)
+            new_states.append((user_id, partition, state))
+        outcomes.update(batch_out.counts)
+        sent_ms = {r.event_id: messages[p].timestamp_ms for p, r in decoded.events}
+        # Outputs are delivered before the state that records them is written: a crash in
+        # between replays the events (at-least-once) instead of losing their outputs.
+        await self._publish(batch_out, sent_ms)
+        for user_id, partition, state in new_states:
             self._store(user_id, partition, state)
-            outcomes.update(out.counts)
-            sent_ms = {records[p].event_id: messages[p].timestamp_ms for p in positions}
-            await self._publish(out, sent_ms)
         for partition in touched:
             await self.close_due(partition)
         _observe(outcomes)
@@ -133,27 +148,34 @@ class InputPipeline:
         due: set[str] = set()
         while heap and heap[0][0] <= watermark:
             due.add(heapq.heappop(heap)[1])
+        closed = user_state.Outputs()
+        changed: list[tuple[str, dict[str, Any]]] = []
         for user_id in due:
             current = self.users.get(user_id)
             if current is None:
                 continue
             state, out = user_state.advance(current, watermark, user_id, self.settings)
             if out.examples or out.counts:
-                self._store(user_id, partition, state)
-                _observe(out.counts)
-                await self._publish(out, {})
+                closed.extend(out)
+                changed.append((user_id, state))
             else:
                 deadline = user_state.next_deadline(current, self.settings)
                 if deadline is not None:
                     heapq.heappush(heap, (deadline, user_id))
+        if changed:
+            _observe(closed.counts)
+            await self._publish(closed, {})
+            for user_id, state in changed:
+                self._store(user_id, partition, state)
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
-        if self.index_stale:
-            self.rebuild_index(self.users.items())
-        for partition in list(self.deadlines):
-            await self.close_due(partition)
+        async with self.lock:
+            if self.index_stale:
+                self.rebuild_index(self.users.items())
+            for partition in list(self.deadlines):
+                await self.close_due(partition)
 
     def rebuild_index(self, items: Iterable[tuple[str, Any]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
@@ -174,12 +196,19 @@ class InputPipeline:
         self.index_stale = False
 
     async def _publish(self, out: user_state.Outputs, sent_ms: dict[str, int | None]) -> None:
+        """Send the examples and score updates and wait until the broker has them."""
+        pending = []
+        for update in out.updates:
+            key = update.user_id.encode()
+            pending.append(await self.topics.scores.send(key=key, value=encode(update)))
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
             metrics.EXAMPLES.labels(group).inc()
-            await self.topics.examples.send(key=example.user_id.encode(), value=encode(example))
+            key = example.user_id.encode()
+            pending.append(await self.topics.examples.send(key=key, value=encode(example)))
+        if pending:
+            await asyncio.gather(*pending)
         for update in out.updates:
-            await self.topics.scores.send(key=update.user_id.encode(), value=encode(update))
             metrics.SCORE_UPDATES.labels(update.source).inc()
             for event_id in update.trigger_event_ids:
                 produced = sent_ms.get(event_id)

@@ -28,7 +28,6 @@ __all__ = ["OnlineModel"]
 
 _EXPLICIT = HEADS.index("explicit_negative")
 _IMPLICIT = HEADS.index("implicit_negative")
-_INIT_STD = 0.05
 _FIELDS = 4
 
 
@@ -43,7 +42,7 @@ class _Network(nn.Module):
         # "missing id" vector. sparse=True: a step touches ~4 * batch of 4 * buckets rows,
         # so dense gradients and dense optimiser updates would dominate.
         self.table = nn.Embedding(_FIELDS * config.buckets, config.embedding_dim, sparse=True)
-        nn.init.normal_(self.table.weight, std=_INIT_STD)
+        nn.init.normal_(self.table.weight, std=config.init_std)
         layers: list[nn.Module] = []
         width = _FIELDS * config.embedding_dim + _FIELDS - 1 + len(config.features)
         for hidden in config.hidden:

@@ -5,9 +5,11 @@ Why this choice
 An explicit negative ("hide", "not interested", "block creator") usually rejects more than the
 one item: users who hide a video rarely want the same creator's next upload, and a
 "not interested" is often about the topic. So for each example whose explicit-negative head is
-1, up to ``k`` other items are drawn uniformly (with replacement) from the *same micro-batch*:
-first among items by the same creator, else among items of the same category; when neither
-exists the example gets no extra rows. Drawing from the batch, rather than uniformly from hash
+1, up to ``k`` other items are drawn uniformly (with replacement) from the *same micro-batch*,
+from the most specific group that has any: items by the same creator *and* in the same category,
+else items of the same category, else items by the same creator; when none exists the example
+gets no extra rows. Category ranks above creator because most explicit negatives ("not
+interested", "hide") are about the topic, and a creator's other topics are a weaker guess. Drawing from the batch, rather than uniformly from hash
 buckets, keeps the sampled items real, recently served and popularity-weighted, and needs no
 item catalogue in the model. Each sampled row keeps the user and dense features of the source
 example, takes the sampled item's ids, targets ``explicit_negative = 1`` with the other heads 0,
@@ -77,15 +79,20 @@ def sample_extra_negatives(
     sources = np.flatnonzero(batch.targets[:, _EXPLICIT] > 0)
     if k <= 0 or len(sources) == 0:
         return batch.take(np.zeros(0, dtype=np.int64))
-    by_creator = _rows_by_key(batch.creator)
+    both = np.where(
+        (batch.creator != 0) & (batch.category != 0), (batch.creator << 32) | batch.category, 0
+    )
+    by_both = _rows_by_key(both)
     by_category = _rows_by_key(batch.category)
+    by_creator = _rows_by_key(batch.creator)
     source_rows: list[npt.NDArray[np.int64]] = []
     sampled_rows: list[npt.NDArray[np.int64]] = []
     for source in sources.tolist():
         item = batch.item[source]
         keys = (
-            (by_creator, int(batch.creator[source])),
+            (by_both, int(both[source])),
             (by_category, int(batch.category[source])),
+            (by_creator, int(batch.creator[source])),
         )
         for groups, key in keys:
             rows = groups.get(key)

@@ -93,7 +93,10 @@ def test_worker_counts_valid_events_once_and_dead_letters_the_rest(
         assert letter.topic.startswith(settings.topic_prefix) and letter.offset >= 0
     decoded = [decode_example(value) for _, value in examples]
     ids = [example.example_id for example in decoded]
-    assert sorted(ids) == sorted(expected_labels), "every impression labelled exactly once"
+    missing = set(expected_labels) - set(ids)
+    repeated = sorted(i for i in set(ids) if ids.count(i) > 1)
+    assert not missing and not repeated, f"missing {sorted(missing)}, repeated {repeated}"
+    assert len(ids) == len(expected_labels)
     assert {e.example_id: e.label for e in decoded} == expected_labels
     assert all(key == e.user_id.encode() for (key, _), e in zip(examples, decoded, strict=True))
 

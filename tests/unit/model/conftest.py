@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import torch
 
 CATEGORIES = 8
 
@@ -43,3 +44,13 @@ def toy_stream(
 def make_toy_stream() -> Callable[..., list[dict[str, Any]]]:
     """The :func:`toy_stream` builder."""
     return toy_stream
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    # Tiny ops on a 2-vCPU VM: torch's second intra-op thread measured up to 30x slower steps
+    # (spin contention), and these tests are about behaviour, not speed.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
