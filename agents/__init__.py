@@ -36,6 +36,8 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.page("/users/{user_id}/")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
+        if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            return web.json({"error": "tables are recovering; retry shortly"}, status=503)
         state = users.get(user_id)
         if state is None:
             return web.json({"error": f"no state for user {user_id!r} on this worker"}, status=404)

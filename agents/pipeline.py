@@ -47,7 +47,10 @@ class InputPipeline:
         self.clock: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        self.started = time.monotonic()
+        self.first_seen: dict[int, tuple[float, float]] = {}
+        # The watermark each user state was written under survives a restart in the table:
+        # the highest one is where the partition's watermark resumes.
+        self.floor: dict[int, float] = {}
         self.index_stale = True
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
@@ -60,6 +63,8 @@ class InputPipeline:
 
     async def _process(self, events: list[EventT[Any]]) -> None:
         started = time.perf_counter()
+        if self.index_stale:
+            self.rebuild_index(self.users.items())
         messages = [_raw(event) for event in events]
         decoded = decode_batch(messages, self.impressions_topic, self.settings.max_payload_bytes)
         outcomes: Counter[str] = Counter()
@@ -80,7 +85,9 @@ class InputPipeline:
         watermarks = {p: self.watermark(p) for p in touched}
         now = time.monotonic()
         for position, record in decoded.events:
-            source = (messages[position].topic, messages[position].partition)
+            partition = messages[position].partition
+            self.first_seen.setdefault(partition, (record.timestamp, now))
+            source = (messages[position].topic, partition)
             self.clock[source] = max(self.clock.get(source, 0.0), record.timestamp)
             self.last_input[source] = now
         batch_out = user_state.Outputs()
@@ -102,7 +109,7 @@ class InputPipeline:
         # between replays the events (at-least-once) instead of losing their outputs.
         await self._publish(batch_out, sent_ms)
         for user_id, partition, state in new_states:
-            self._store(user_id, partition, state)
+            self._store(user_id, partition, state, watermarks[partition])
         for partition in touched:
             await self.close_due(partition)
         _observe(outcomes)
@@ -113,28 +120,30 @@ class InputPipeline:
         return "impression" if topic == self.impressions_topic else "feedback"
 
     def watermark(self, partition: int) -> float:
-        """Event time up to which ``partition``'s label windows may close."""
+        """Event time up to which ``partition``'s label windows may close.
+
+        The lower clock of the two inputs. An input that has been silent for longer than
+        ``idle_flush_s`` lets its clock run on with wall time from its last event, and an
+        input never read yet runs on from the partition's first event time: a quiet input
+        never freezes the watermark, and an input merely starved during catch-up (when event
+        time runs far faster than wall time) cannot let the other race ahead.
+        """
+        floor = self.floor.get(partition, 0.0)
+        first = self.first_seen.get(partition)
+        if first is None:
+            return floor
         now = time.monotonic()
         idle_after = self.settings.idle_flush_s
-        active, newest, last = [], 0.0, self.started
+        clocks = []
         for topic in (self.impressions_topic, self.feedback_topic):
-            clock = self.clock.get((topic, partition))
-            if clock is None:
-                if now - self.started < idle_after:
-                    return 0.0  # an input not read yet may still hold older events
-                continue
-            seen = self.last_input[(topic, partition)]
-            newest, last = max(newest, clock), max(last, seen)
-            if now - seen < idle_after:
-                active.append(clock)
-        if not newest:
-            return 0.0
-        if not active:
-            return newest + (now - last) - self.settings.watermark_delay_s
-        return min(active) - self.settings.watermark_delay_s
+            source = (topic, partition)
+            clock, seen = self.clock.get(source, first[0]), self.last_input.get(source, first[1])
+            clocks.append(clock + max(0.0, now - seen - idle_after))
+        return max(floor, min(clocks) - self.settings.watermark_delay_s)
 
-    def _store(self, user_id: str, partition: int, state: dict[str, Any]) -> None:
+    def _store(self, user_id: str, partition: int, state: dict[str, Any], watermark: float) -> None:
         state["partition"] = partition
+        state["watermark"] = max(state.get("watermark", 0.0), watermark)
         with partition_context(self.impressions_topic, partition):
             self.users[user_id] = state
         deadline = user_state.next_deadline(state, self.settings)
@@ -166,7 +175,7 @@ class InputPipeline:
             _observe(closed.counts)
             await self._publish(closed, {})
             for user_id, state in changed:
-                self._store(user_id, partition, state)
+                self._store(user_id, partition, state, watermark)
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
     async def on_idle_tick(self) -> None:
@@ -180,14 +189,17 @@ class InputPipeline:
     def rebuild_index(self, items: Iterable[tuple[str, Any]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
 
-        Clocks are not restored: they restart from the input, so redelivered events are
-        never judged late against a clock they helped to move.
+        Each partition's watermark resumes from the highest one its states were written
+        under: a redelivered event whose state write was lost is judged against a watermark
+        no later than the one it first met, and changelog writes of a partition are ordered,
+        so one whose write survived is dropped as a duplicate.
         """
         self.deadlines.clear()
         for user_id, state in items:
             if not state:
                 continue
             partition = int(state.get("partition", 0))
+            self.floor[partition] = max(self.floor.get(partition, 0.0), state.get("watermark", 0.0))
             deadline = user_state.next_deadline(state, self.settings)
             if deadline is not None:
                 self.deadlines[partition].append((deadline, user_id))

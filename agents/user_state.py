@@ -52,6 +52,7 @@ def new_state() -> State:
     """An empty user state."""
     return {
         "clock": 0.0,
+        "topic_clock": {},
         "seen": {},
         "short": {},
         "long": {},
@@ -74,8 +75,10 @@ def apply_events(
 ) -> tuple[State, Outputs]:
     """Fold one user's events (in arrival order) into a copy of ``state``.
 
-    An event more than ``grace_s`` behind the event-time ``watermark`` is late:
-    counted, remembered for dedupe, not applied.
+    An event more than ``grace_s`` behind the event-time ``watermark``, or behind this
+    user's newest event on the same input topic, is late: counted, remembered for dedupe,
+    not applied. The per-topic clock keeps lateness exact while the watermark lags, e.g.
+    while a restarted worker reads a backlog (Kafka orders a user's events per topic).
     """
     state = copy_state(state)
     out = Outputs()
@@ -86,9 +89,11 @@ def apply_events(
             out.counts["duplicate:" + kind] += 1
             continue
         seen[event.event_id] = event.timestamp
-        if event.timestamp < watermark - settings.grace_s:
+        topic_clock = state["topic_clock"].get(kind, 0.0)
+        if event.timestamp < max(watermark, topic_clock) - settings.grace_s:
             out.counts["late:" + kind] += 1
             continue
+        state["topic_clock"][kind] = max(topic_clock, event.timestamp)
         state["clock"] = max(state["clock"], event.timestamp)
         if isinstance(event, Impression):
             _apply_impression(state, event, settings)

@@ -10,6 +10,7 @@ from model.config import (
     resolve_device,
 )
 from model.hashing import FeatureHasher, expected_collision_fraction, stable_hash
+from model.lazy_adam import LazyAdam
 from model.metrics import CalibrationError, LogLoss, RollingAUC
 from model.online import OnlineModel
 from model.prequential import Learner, Prequential
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointStore",
     "ExampleBatch",
     "FeatureHasher",
+    "LazyAdam",
     "Learner",
     "LogLoss",
     "ModelConfig",

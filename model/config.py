@@ -93,10 +93,13 @@ class ModelConfig:
     severity
         Loss weight of each feedback kind; kinds absent here (and ``"none"``) weigh 1.
     lr
-        Learning rate of both optimisers.
+        Learning rate of both optimisers. 0.03 learned the conformance toy stream (one disliked
+        category per user) in one pass for 5/5 seeds; 0.02 failed 2/5 and 0.01 needed ~4 passes.
     optimizer
-        ``"adam"``: SparseAdam on embeddings + Adam on the MLP (measured the faster learner on
-        the toy streams); ``"adagrad"``: one Adagrad over everything.
+        ``"adam"``: :class:`~model.lazy_adam.LazyAdam` on embeddings + fused Adam on the MLP
+        (learned the toy stream in fewer steps than Adagrad, and the step measured faster than
+        both ``SparseAdam`` and sparse Adagrad); ``"adagrad"``: one Adagrad over everything (a
+        third less optimiser state to checkpoint).
     seed
         Seeds weight initialisation and negative sampling.
     device
@@ -119,7 +122,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (64, 32)
     features: tuple[str, ...] = DEFAULT_FEATURES
     severity: Mapping[str, float] = field(default_factory=_default_severity)
-    lr: float = 0.02
+    lr: float = 0.03
     optimizer: Literal["adam", "adagrad"] = "adam"
     seed: int = 0
     device: str = "auto"

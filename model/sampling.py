@@ -9,11 +9,13 @@ one item: users who hide a video rarely want the same creator's next upload, and
 from the most specific group that has any: items by the same creator *and* in the same category,
 else items of the same category, else items by the same creator; when none exists the example
 gets no extra rows. Category ranks above creator because most explicit negatives ("not
-interested", "hide") are about the topic, and a creator's other topics are a weaker guess. Drawing from the batch, rather than uniformly from hash
-buckets, keeps the sampled items real, recently served and popularity-weighted, and needs no
-item catalogue in the model. Each sampled row keeps the user and dense features of the source
-example, takes the sampled item's ids, targets ``explicit_negative = 1`` with the other heads 0,
-and weighs ``weight * source weight`` so a guess never counts as much as what the user said.
+interested", "hide") are about the topic, and a creator's other topics are a weaker guess.
+Drawing from the batch, rather than uniformly from hash buckets, keeps the sampled items real,
+recently served and popularity-weighted, and needs no item catalogue in the model. Each sampled
+row keeps the user and dense features of the source example, takes the sampled item's ids,
+targets ``explicit_negative = 1`` with the other heads 0, and weighs ``weight`` times the source
+example's weight (``ModelConfig.extra_negative_weight``, 0.5 by default): a guess should count
+less than what the user said.
 """
 
 from __future__ import annotations

@@ -6,34 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
-from faust.serializers import codecs
 
 from streams.settings import Settings
-
-
-class OrjsonCodec(codecs.Codec):
-    """JSON through orjson, for table values and changelogs."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return orjson.loads(s)
-
-
-class Utf8Codec(codecs.Codec):
-    """Text keys (user ids) as UTF-8 bytes."""
-
-    def _dumps(self, obj: Any) -> bytes:
-        return obj.encode() if isinstance(obj, str) else bytes(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return s.decode("utf-8", "replace")
-
-
-codecs.register("orjson", OrjsonCodec())
-codecs.register("utf8", Utf8Codec())
 
 
 def broker_credentials(settings: Settings) -> Any:

@@ -6,7 +6,7 @@ import contextlib
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
 from faust.streams import _current_event
@@ -21,16 +21,13 @@ def declare_users_table(app: faust.App, settings: Settings) -> TableT[str, Any]:
     Windows live inside each value as event-time buckets that expire with the user's clock
     (see :mod:`agents.windows`), so one batch writes one changelog record per user.
     """
-    table: Any = app.Table(
+    # Keys and values use Faust's json codec, which is orjson when installed.
+    return app.Table(
         f"{settings.topic_prefix}users",
         default=None,
         partitions=settings.partitions,
         help="per-user negative-feedback state",
     )
-    # Set before the changelog topic is first built: UTF-8 user ids, orjson values.
-    table.key_serializer = "utf8"
-    table.value_serializer = "orjson"
-    return cast("TableT[str, Any]", table)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -71,6 +72,33 @@ def measure(
     }
 
 
+def measure_pipelined(device: str, batch_size: int = 1024, batches: int = 60) -> float:
+    """Examples/s when batch k+1 is featurised while a worker thread trains on batch k.
+
+    The shape the trainer agent should take: featurising is GIL-bound Python, training spends
+    most of its time in torch kernels that release the GIL, so the two overlap on two cores.
+    """
+    config = ModelConfig(device=device)
+    model = OnlineModel(config)
+    stream = [synthetic_examples(batch_size, seed=b) for b in range(batches + 10)]
+    for examples in stream[:10]:
+        model.learn_many(ExampleBatch.from_examples(examples, config))
+    with ThreadPoolExecutor(max_workers=1) as trainer:
+        start = time.perf_counter()
+        pending: Future[None] | None = None
+        for examples in stream[10:]:
+            batch = ExampleBatch.from_examples(examples, config)
+            if pending is not None:
+                pending.result()
+            pending = trainer.submit(model.learn_many, batch)
+        if pending is not None:
+            pending.result()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return batches * batch_size / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -89,6 +117,8 @@ def main() -> None:
             f"train {result['train_ms_per_batch']:.2f} ms per batch; "
             f"train alone {result['train_only_examples_per_s']:,.0f} examples/s)"
         )
+        pipelined = measure_pipelined(device, args.batch_size, args.batches)
+        print(f"{device}: {pipelined:,.0f} examples/s featurising and training in parallel")
 
 
 if __name__ == "__main__":

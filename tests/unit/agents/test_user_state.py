@@ -63,6 +63,13 @@ def test_late_events_beyond_grace_are_counted_not_applied() -> None:
     assert user_state.table_view(state, SETTINGS)["long"]["impressions"] == 2
 
 
+def test_events_far_behind_the_users_own_topic_clock_are_late() -> None:
+    # Without any watermark: 121 s behind this user's newest impression.
+    _, out = run([imp("a", 1000), imp("late", 1000 - 121), fb("f", 1000 - 121)])
+    assert out.counts["late:impression"] == 1
+    assert out.counts["accepted:feedback"] == 1, "the feedback topic has its own clock"
+
+
 def test_windows_expire_with_the_clock() -> None:
     state, _ = run([fb("a", 0), fb("b", 590), imp("c", 700)])
     view = user_state.table_view(state, SETTINGS)

@@ -70,7 +70,9 @@ def test_dense_features_missing_names_are_zero_and_counts_are_squashed() -> None
 
 def test_custom_feature_names_set_the_columns() -> None:
     config = ModelConfig(buckets=64, features=("b", "a"))
-    dense = CandidateBatch.from_rows([{"user_id": "u", "item_id": "i", "features": {"a": 3.0}}], config).dense
+    dense = CandidateBatch.from_rows(
+        [{"user_id": "u", "item_id": "i", "features": {"a": 3.0}}], config
+    ).dense
     np.testing.assert_allclose(dense, [[0.0, math.log1p(3.0)]], rtol=1e-6)
 
 

@@ -26,6 +26,7 @@ CONFIGS = {
     "default": ModelConfig(),
     "adversarial": ModelConfig(buckets=2**16, adversarial_eps=0.05, adversarial_weight=0.5),
     "extra_negatives": ModelConfig(buckets=2**16, extra_negatives=2),
+    "adagrad": ModelConfig(buckets=2**16, optimizer="adagrad"),
 }
 Factory = Callable[[], OnlineModel]
 MODELS: dict[str, Factory] = {
@@ -88,6 +89,7 @@ def test_state_dict_round_trip(factory: Factory, make_toy_stream: Any) -> None:
 
     restored = factory()
     restored.load_state_dict(state)
+    pristine = copy.deepcopy(state)
     probe = make_toy_stream(64, seed=4)
     np.testing.assert_array_equal(trained.predict_many(probe), restored.predict_many(probe))
     # Optimiser moments and the sampling RNG came back too: training continues identically.
@@ -96,6 +98,19 @@ def test_state_dict_round_trip(factory: Factory, make_toy_stream: Any) -> None:
         restored.learn_many(batch)
     np.testing.assert_array_equal(trained.predict_many(probe), restored.predict_many(probe))
     assert (restored.version, restored.examples_seen) == (4, 512)
+    # Training after a load never writes into the snapshot it was loaded from.
+    for before, after in zip(_tensors(pristine), _tensors(state), strict=True):
+        assert torch.equal(before, after)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key in sorted(value, key=str) for t in _tensors(value[key])]
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 def test_state_dict_is_a_snapshot(make_toy_stream: Any) -> None:
