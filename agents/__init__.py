@@ -8,6 +8,7 @@ import faust
 
 from agents import user_state
 from agents.pipeline import InputPipeline
+from agents.trainer import ModelService
 from streams.settings import Settings
 from streams.tables import declare_users_table
 from streams.topics import declare_topics
@@ -18,11 +19,26 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     topics = declare_topics(app, settings)
     users = declare_users_table(app, settings)
     pipeline = InputPipeline(settings, topics, users)
+    service = ModelService(settings, topics, users)
+    pipeline.on_feedback = service.request_refresh
 
     @app.agent(topics.inputs, name="negstream.input")
     async def input_agent(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
             await pipeline.process(events)
+
+    @app.agent(topics.examples, name="negstream.trainer")
+    async def trainer_agent(stream: Any) -> None:
+        batches = stream.take_events(settings.train_batch_size, settings.train_max_wait_s)
+        try:
+            async for events in batches:
+                await service.train(events)
+        finally:
+            service.close()
+
+    @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
+    async def score_refresh() -> None:
+        await service.refresh()
 
     @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
     async def idle_flush() -> None:

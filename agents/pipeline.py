@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from faust.types import EventT, TableT
@@ -52,6 +52,8 @@ class InputPipeline:
         # the highest one is where the partition's watermark resumes.
         self.floor: dict[int, float] = {}
         self.index_stale = True
+        # Called with (user_id, event_id, produced_ms) for each feedback event: the model path.
+        self.on_feedback: Callable[[str, str, int | None], None] | None = None
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
@@ -110,6 +112,10 @@ class InputPipeline:
         await self._publish(batch_out, sent_ms)
         for user_id, partition, state in new_states:
             self._store(user_id, partition, state, watermarks[partition])
+        if self.on_feedback is not None:
+            for _, record in decoded.events:
+                if isinstance(record, Feedback):
+                    self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
         for partition in touched:
             await self.close_due(partition)
         _observe(outcomes)

@@ -329,3 +329,34 @@ def features(
         "impressions_long": float(long_imp),
     }
     return {name: values[name] for name in FEATURE_NAMES}
+
+
+def features_many(
+    state: State, settings: Settings, candidates: list[dict[str, Any]]
+) -> list[dict[str, float]]:
+    """:func:`features` of many candidates of one user, merging the window buckets once."""
+    clock = state["clock"]
+    short: Counter[str] = Counter()
+    for index in windows.window_buckets(clock, settings.window_short_s, settings.window_step_s):
+        short.update(state["short"].get(str(index), {}))
+    long: Counter[str] = Counter()
+    for index in windows.window_buckets(clock, settings.window_long_s, long_step_s(settings)):
+        long.update(state["long"].get(str(index), {}))
+    shared = {
+        "neg_rate_short": short["neg"] / short["imp"] if short["imp"] else 0.0,
+        "neg_rate_long": long["neg"] / long["imp"] if long["imp"] else 0.0,
+        "explicit_neg_long": float(long["exp"]),
+        "impressions_long": float(long["imp"]),
+    }
+    result = []
+    for candidate in candidates:
+        creator, category = candidate.get("creator_id"), candidate.get("category")
+        values = {
+            **shared,
+            "creator_neg_long": float(long["nc:" + creator]) if creator else 0.0,
+            "category_neg_long": float(long["ng:" + category]) if category else 0.0,
+            "item_exposure": float(long["i:" + candidate["item_id"]]),
+            "creator_exposure": float(long["c:" + creator]) if creator else 0.0,
+        }
+        result.append({name: values[name] for name in FEATURE_NAMES})
+    return result

@@ -50,3 +50,53 @@ FEEDBACK_TO_SCORE = Histogram(
 PENDING_IMPRESSIONS = Gauge(
     "negstream_pending_impressions", "Impressions waiting for their label window to close."
 )
+TRAIN_BATCH_SECONDS = Histogram(
+    "negstream_train_batch_seconds",
+    "Time to evaluate and learn one training micro-batch (off the event loop).",
+    buckets=BATCH_BUCKETS,
+)
+TRAIN_EXAMPLES = Counter("negstream_train_examples_total", "Examples the model learned from.")
+TRAIN_EXAMPLES_PER_SECOND = Gauge(
+    "negstream_train_examples_per_second", "Training throughput of the last micro-batch."
+)
+MODEL_VERSION = Gauge("negstream_model_version", "Version of the online model (batches learned).")
+CHECKPOINT_TIMESTAMP = Gauge(
+    "negstream_checkpoint_timestamp_seconds", "Unix time of the last model checkpoint written."
+)
+CHECKPOINT_SECONDS = Histogram(
+    "negstream_checkpoint_seconds", "Time to write one checkpoint.", buckets=LATENCY_BUCKETS
+)
+SCORE_REFRESH_SECONDS = Histogram(
+    "negstream_score_refresh_seconds",
+    "Time to rescore one coalesced set of users' candidates.",
+    buckets=BATCH_BUCKETS,
+)
+LAST_SCORE_TIMESTAMP = Gauge(
+    "negstream_last_score_timestamp_seconds", "Unix time a ScoreUpdate was last published."
+)
+PREQUENTIAL = Gauge(
+    "negstream_prequential",
+    "Test-then-train model quality by head and metric (auc, log_loss, ece).",
+    ["head", "metric"],
+)
+DRIFT_PSI = Gauge(
+    "negstream_drift_psi",
+    "Population stability index against the reference, by distribution.",
+    ["distribution"],
+)
+DRIFT_NEGATIVE_RATE = Gauge(
+    "negstream_drift_negative_rate",
+    "Negative rate per kind in the current report period and the reference.",
+    ["kind", "period"],
+)
+DRIFT_ALERTS = Gauge(
+    "negstream_drift_alert",
+    "1 when a drift threshold fired in the last report.",
+    ["metric", "level"],
+)
+DRIFT_REPORTS = Counter("negstream_drift_reports_total", "Drift reports published.")
+LABEL_DELAY = Histogram(
+    "negstream_label_delay_seconds",
+    "Feedback time minus impression time of labelled examples.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 300),
+)

@@ -82,6 +82,16 @@ class Settings:
     """NEGSTREAM_TRAIN_BATCH_SIZE: examples per training micro-batch."""
     train_max_wait_s: float = 1.0
     """NEGSTREAM_TRAIN_MAX_WAIT_S: longest wait to fill a training micro-batch."""
+    model_buckets: int = 2**18
+    """NEGSTREAM_MODEL_BUCKETS: rows of the hashed embedding table (collisions: README)."""
+    torch_threads: int = 1
+    """NEGSTREAM_TORCH_THREADS: torch intra-op threads for training and scoring."""
+    score_refresh_s: float = 0.1
+    """NEGSTREAM_SCORE_REFRESH_S: how often touched users are rescored."""
+    score_min_interval_s: float = 1.0
+    """NEGSTREAM_SCORE_MIN_INTERVAL_S: at most one model ScoreUpdate per user this often."""
+    drift_reference_periods: int = 5
+    """NEGSTREAM_DRIFT_REFERENCE_PERIODS: report periods that form the rolling reference."""
     device: str = "auto"
     """NEGSTREAM_DEVICE: torch device for the model: auto (cuda if present), cpu or cuda."""
     data_dir: str = "negstream-data"

@@ -18,7 +18,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.broker import free_port, wait_for_port
+from streams.broker import _die_with_parent, free_port, wait_for_port
 from streams.settings import PREFIX, Settings
 
 
@@ -63,6 +63,7 @@ class WorkerProcess:
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # a worker never outlives its test run
             )
         deadline = time.monotonic() + timeout
         while True:

@@ -148,3 +148,20 @@ def test_flooding_user_is_flagged_and_excluded_from_examples() -> None:
     calm, calm_out = run([imp("a", 0), fb("b", 1)], close_at=500)
     assert calm_out.counts["flagged"] == 0 and len(calm_out.examples) == 1
     assert not user_state.table_view(calm, SETTINGS)["flagged"]
+
+
+def test_features_many_equals_features_one_by_one() -> None:
+    events = [imp("a", 0), fb("b", 1, "dislike"), imp("c", 2, "i2", "c2"), fb("d", 3, "skip", "i2")]
+    state, _ = run(events)
+    candidates = [
+        {"item_id": "i1", "creator_id": "c1", "category": "g1"},
+        {"item_id": "i2", "creator_id": "c2", "category": None},
+        {"item_id": "i9", "creator_id": None, "category": "g1"},
+    ]
+    one_by_one = [
+        user_state.features(state, SETTINGS, c["item_id"], c["creator_id"], c["category"])
+        for c in candidates
+    ]
+    assert user_state.features_many(state, SETTINGS, candidates) == one_by_one
+    # fb() gives every feedback creator c1: the dislike and the skip both count.
+    assert one_by_one[0]["item_exposure"] == 1.0 and one_by_one[0]["creator_neg_long"] == 2.0

@@ -1,0 +1,225 @@
+"""The model path: learn from ``training-examples`` off the event loop, rescore touched users."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+from faust.types import EventT, TableT
+
+from agents.suppression import active_suppressions
+from agents.user_state import features_many
+from model import CandidateBatch, CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
+from model.prequential import Prequential
+from schemas.codec import encode
+from schemas.events import FEATURE_NAMES, ItemScore, ScoreUpdate
+from streams import metrics
+from streams.settings import Settings
+from streams.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: Example ids remembered to drop a redelivered example before it is learned twice.
+SEEN_EXAMPLES = 200_000
+
+
+class ModelService:
+    """Owns the online model; every torch call runs on one worker thread, never the loop.
+
+    ``train`` takes a micro-batch of examples: test-then-train, then the users in it are
+    queued for rescoring. ``refresh`` rescores queued users (also queued by their new
+    feedback), at most once per ``score_min_interval_s`` each, so a busy user's updates are
+    coalesced. Checkpoints hold the model, its optimiser, its version and the consumed
+    offsets of ``training-examples``.
+    """
+
+    def __init__(self, settings: Settings, topics: Topics, users: TableT[str, Any]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.users = users
+        torch.set_num_threads(max(1, settings.torch_threads))
+        config = ModelConfig(
+            device=settings.device, features=FEATURE_NAMES, buckets=settings.model_buckets
+        )
+        self.model = OnlineModel(config)
+        self.store = CheckpointStore(settings.checkpoint_dir)
+        self.offsets: dict[int, int] = {}
+        self._resume()
+        self.prequential = Prequential(self.model)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="negstream-model")
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.pending: dict[str, list[tuple[str, int | None]]] = {}
+        self.last_refresh: dict[str, float] = {}
+        self.batches_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        self.on_learned: list[Callable[[list[dict[str, Any]], np.ndarray], None]] = []
+        metrics.MODEL_VERSION.set(self.model.version)
+
+    def _resume(self) -> None:
+        state = self.store.load_latest()
+        if state is None:
+            return
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, ValueError) as error:
+            log.warning("checkpoint ignored (%s); the model starts fresh", error)
+            return
+        self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        log.info(
+            "model resumed at version %d from %s", self.model.version, self.settings.checkpoint_dir
+        )
+
+    async def train(self, events: list[EventT[Any]]) -> None:
+        """Test-then-train on one micro-batch of ``training-examples`` messages."""
+        examples = []
+        for event in events:
+            self.offsets[event.message.partition] = event.message.offset
+            try:
+                example = orjson.loads(event.value)
+                example_id = example["example_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                log.warning(
+                    "skipping an undecodable training example at offset %d", event.message.offset
+                )
+                continue
+            if example_id in self.seen:
+                continue
+            self.seen[example_id] = None
+            examples.append(example)
+        while len(self.seen) > SEEN_EXAMPLES:
+            self.seen.popitem(last=False)
+        if not examples:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        predictions = await loop.run_in_executor(self.executor, self._learn, examples)
+        elapsed = time.perf_counter() - started
+        metrics.TRAIN_BATCH_SECONDS.observe(elapsed)
+        metrics.TRAIN_EXAMPLES.inc(len(examples))
+        metrics.TRAIN_EXAMPLES_PER_SECOND.set(len(examples) / max(elapsed, 1e-9))
+        metrics.MODEL_VERSION.set(self.model.version)
+        for name, value in self.prequential.get().items():
+            head, metric = name.split("/")
+            if np.isfinite(value):
+                metrics.PREQUENTIAL.labels(head, metric).set(value)
+        for hook in self.on_learned:
+            hook(examples, predictions)
+        for example in examples:
+            self.request_refresh(example["user_id"], example["example_id"], None)
+        self.batches_since_checkpoint += 1
+        due = time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_every_s
+        if due or self.batches_since_checkpoint >= self.settings.checkpoint_every_batches:
+            await loop.run_in_executor(self.executor, self.checkpoint)
+
+    def _learn(self, examples: list[dict[str, Any]]) -> np.ndarray:
+        batch = ExampleBatch.from_examples(examples, self.model.config)
+        self.prequential.update(batch)
+        return self.prequential.last_predictions
+
+    def checkpoint(self) -> None:
+        """Write model, optimiser, version and consumed offsets atomically (blocking)."""
+        started = time.perf_counter()
+        self.store.save({"model": self.model.state_dict(), "offsets": dict(self.offsets)})
+        self.batches_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        metrics.CHECKPOINT_TIMESTAMP.set(time.time())
+
+    def request_refresh(self, user_id: str, trigger_id: str, produced_ms: int | None) -> None:
+        """Queue ``user_id`` for rescoring because of event ``trigger_id``."""
+        self.pending.setdefault(user_id, []).append((trigger_id, produced_ms))
+
+    async def refresh(self) -> None:
+        """Rescore the queued users that have not been refreshed too recently."""
+        if not self.pending:
+            return
+        now = time.monotonic()
+        due = [
+            user for user in self.pending
+            if now - self.last_refresh.get(user, 0.0) >= self.settings.score_min_interval_s
+        ]  # fmt: skip
+        states: dict[str, dict[str, Any]] = {}
+        triggers: dict[str, list[tuple[str, int | None]]] = {}
+        for user in due:
+            triggers[user] = self.pending.pop(user)
+            state = self.users.get(user)
+            if state and state.get("candidates"):
+                states[user] = state
+        if not states:
+            return
+        rows, owners = [], []
+        for user, state in states.items():
+            candidates = state["candidates"]
+            dense = features_many(state, self.settings, candidates)
+            for candidate, values in zip(candidates, dense, strict=True):
+                rows.append({**candidate, "user_id": user, "features": values})
+                owners.append(user)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        p_negative, version = await loop.run_in_executor(self.executor, self._score, rows)
+        metrics.SCORE_REFRESH_SECONDS.observe(time.perf_counter() - started)
+        pending = []
+        by_user: dict[str, list[ItemScore]] = {}
+        for row, owner, p in zip(rows, owners, p_negative.tolist(), strict=True):
+            by_user.setdefault(owner, []).append(
+                ItemScore(row["item_id"], round(p, 6), _score(p, row, states[owner]))
+            )
+        for user, scores in by_user.items():
+            state = states[user]
+            update = ScoreUpdate(
+                user_id=user,
+                source="model",
+                model_version=version,
+                timestamp=state["clock"],
+                trigger_event_ids=tuple(t for t, _ in triggers[user][-50:]),
+                scores=tuple(sorted(scores, key=lambda s: -s.score)),
+                suppressions=active_suppressions(state),
+            )
+            self.last_refresh[user] = now
+            pending.append(await self.topics.scores.send(key=user.encode(), value=encode(update)))
+        await asyncio.gather(*pending)
+        sent = time.time()
+        metrics.LAST_SCORE_TIMESTAMP.set(sent)
+        metrics.SCORE_UPDATES.labels("model").inc(len(pending))
+        for user in by_user:
+            for _, produced_ms in triggers[user]:
+                if produced_ms:
+                    metrics.FEEDBACK_TO_SCORE.labels("model").observe(
+                        max(0.0, sent - produced_ms / 1000)
+                    )
+
+    def _score(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, int]:
+        batch = CandidateBatch.from_rows(rows, self.model.config)
+        return self.model.p_negative(batch), self.model.version
+
+    def close(self) -> None:
+        """Checkpoint at shutdown and stop the model thread."""
+        try:
+            self.checkpoint()
+        finally:
+            self.executor.shutdown(wait=True)
+
+
+def _score(p_negative: float, row: dict[str, Any], state: dict[str, Any]) -> float:
+    """Ranking score: probability of no negative, times what the suppressions leave."""
+    penalty = 0.0
+    targets = {
+        ("item", row["item_id"]),
+        ("creator", row["creator_id"]),
+        ("category", row["category"]),
+    }
+    for suppression in state["suppressions"]:
+        if (
+            suppression["expires_at"] > state["clock"]
+            and (suppression["target_type"], suppression["target_id"]) in targets
+        ):
+            penalty = max(penalty, suppression["penalty"])
+    return round((1.0 - p_negative) * (1.0 - penalty), 6)

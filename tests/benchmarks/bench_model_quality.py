@@ -1,0 +1,375 @@
+"""Model quality on the simulator: prequential AUC vs the oracle, responsiveness, ablations."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from agents import user_state
+from model import ExampleBatch, LogLoss, ModelConfig, OnlineModel, RollingAUC
+from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS
+from schemas.events import Example, Feedback, Impression
+from schemas.kinds import DEFAULT_SEVERITY, NEGATIVE_KINDS, NO_REACTION
+from schemas.validation import validate_feedback, validate_impression
+from streams.settings import Settings
+from streams.sim_world import category_name, creator_name, item_name
+from streams.simulator import IMPRESSIONS_TOPIC, Simulator, SimulatorConfig
+
+try:
+    from tests.benchmarks import bench_model_throughput
+except ModuleNotFoundError:  # run as a script: its own folder, not the repo root, is on sys.path
+    import bench_model_throughput  # type: ignore[no-redef]
+
+_EXPLICIT = HEADS.index("explicit_negative")
+_IMPLICIT = HEADS.index("implicit_negative")
+_ENGAGEMENT = HEADS.index("engagement")
+#: Candidates ranked per responsiveness probe, and same-creator items among them (at most).
+CANDIDATES = 50
+SAME_CREATOR = 5
+#: Fewest other items a creator needs for its disliked item to be probed.
+MIN_SAME_CREATOR = 3
+TRAIN_BATCH = 1024
+WARMUP_FRACTION = 0.2
+
+
+@dataclass
+class Probe:
+    """A user's explicit negative and the fixed candidate set ranked around it."""
+
+    example_id: str
+    rows: list[dict[str, Any]]
+    disliked: int
+    same_creator: list[int]
+
+
+@dataclass
+class JoinedStream:
+    """Examples in publication order, the true p_negative of each, and the probes."""
+
+    examples: list[dict[str, Any]]
+    true_p_negative: npt.NDArray[np.float64]
+    probes: dict[str, Probe]
+    join_seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _record(example: Example) -> dict[str, Any]:
+    # A flat mapping as the trainer decodes it from ``training-examples``; asdict would
+    # deep-copy every features dict for nothing.
+    return {
+        "example_id": example.example_id,
+        "user_id": example.user_id,
+        "item_id": example.item_id,
+        "creator_id": example.creator_id,
+        "category": example.category,
+        "label": example.label,
+        "kinds": list(example.kinds),
+        "weight": example.weight,
+        "features": example.features,
+    }
+
+
+class _ProbeBuilder:
+    """Draws each probe's candidate set from the simulated world, seeded."""
+
+    def __init__(self, simulator: Simulator, rate: float, seed: int) -> None:
+        world = simulator.world
+        self.rate = rate
+        self.rng = np.random.default_rng(seed)
+        self.item_cdf = world.item_cdf
+        self.item_creator = world.item_creator
+        self.item_category = world.item_category
+        self.item_index = {item_name(i): i for i in range(len(world.item_creator))}
+        by_creator: dict[int, list[int]] = defaultdict(list)
+        for item, creator in enumerate(world.item_creator.tolist()):
+            by_creator[creator].append(item)
+        self.by_creator = by_creator
+
+    def build(self, example: Example, state: dict[str, Any], settings: Settings) -> Probe | None:
+        """A probe for an explicit negative (sampled at ``rate``), else ``None``."""
+        if example.label not in EXPLICIT_NEGATIVE or self.rng.random() >= self.rate:
+            return None
+        item = self.item_index[example.item_id]
+        creator = int(self.item_creator[item])
+        others = [i for i in self.by_creator[creator] if i != item]
+        if len(others) < MIN_SAME_CREATOR:
+            return None
+        same = self.rng.permutation(others)[:SAME_CREATOR].tolist()
+        # Fillers follow item popularity, as a retrieval stage would, from other creators.
+        fillers: list[int] = []
+        while len(fillers) < CANDIDATES - 1 - len(same):
+            draw = np.searchsorted(self.item_cdf, self.rng.random(CANDIDATES)).tolist()
+            fillers += [i for i in draw if self.item_creator[i] != creator and i not in fillers]
+        chosen = [item, *same, *fillers[: CANDIDATES - 1 - len(same)]]
+        rows = []
+        for candidate in chosen:
+            item_id = item_name(candidate)
+            creator_id = creator_name(int(self.item_creator[candidate]))
+            category = category_name(int(self.item_category[candidate]))
+            rows.append(
+                {
+                    "user_id": example.user_id,
+                    "item_id": item_id,
+                    "creator_id": creator_id,
+                    "category": category,
+                    # The user's table as it stands when the example is published; held
+                    # fixed before and after learning so the figure is the model's own.
+                    "features": user_state.features(state, settings, item_id, creator_id, category),
+                }
+            )
+        return Probe(example.example_id, rows, 0, list(range(1, 1 + len(same))))
+
+
+def _events(simulator: Simulator, n_impressions: int) -> Iterator[Impression | Feedback]:
+    for event in simulator.events(n_impressions):
+        if not isinstance(event.value, dict):
+            continue
+        if event.topic == IMPRESSIONS_TOPIC:
+            yield validate_impression(event.value)
+        else:
+            yield validate_feedback(event.value)
+
+
+def join_stream(n_impressions: int, seed: int, probe_rate: float) -> JoinedStream:
+    """Run the simulator through the worker's per-user join, micro-batch by micro-batch.
+
+    Events are taken in emission order in micro-batches of ``Settings.batch_size``, grouped
+    by user and folded with ``apply_events`` then ``advance`` under a watermark of the newest
+    event time less ``watermark_delay_s``, as the input agent does; users whose label window
+    closes while they are idle are advanced too. Examples come out in publication order.
+    """
+    started = time.perf_counter()
+    settings = Settings()
+    simulator = Simulator(SimulatorConfig(seed=seed))
+    probes = _ProbeBuilder(simulator, probe_rate, seed)
+    states: dict[str, dict[str, Any]] = {}
+    deadlines: dict[str, float] = {}
+    examples: list[dict[str, Any]] = []
+    found: dict[str, Probe] = {}
+    counts: defaultdict[str, int] = defaultdict(int)
+    newest = -math.inf
+
+    def publish(user_id: str, out: user_state.Outputs) -> None:
+        for key, value in out.counts.items():
+            counts[key] += value
+        for example in out.examples:
+            examples.append(_record(example))
+            probe = probes.build(example, states[user_id], settings)
+            if probe is not None:
+                found[example.example_id] = probe
+
+    def step(batch: list[Impression | Feedback], watermark: float) -> None:
+        by_user: dict[str, list[Impression | Feedback]] = defaultdict(list)
+        for event in batch:
+            by_user[event.user_id].append(event)
+        for user_id, events in by_user.items():
+            state, out = user_state.apply_events(states.get(user_id), events, settings, watermark)
+            states[user_id], closed = user_state.advance(state, watermark, user_id, settings)
+            out.extend(closed)
+            publish(user_id, out)
+            deadlines[user_id] = user_state.next_deadline(states[user_id], settings) or math.inf
+        for user_id in [u for u, due in deadlines.items() if due <= watermark]:
+            states[user_id], closed = user_state.advance(
+                states[user_id], watermark, user_id, settings
+            )
+            publish(user_id, closed)
+            deadlines[user_id] = user_state.next_deadline(states[user_id], settings) or math.inf
+
+    batch: list[Impression | Feedback] = []
+    for event in _events(simulator, n_impressions):
+        batch.append(event)
+        newest = max(newest, event.timestamp)
+        if len(batch) == settings.batch_size:
+            step(batch, newest - settings.watermark_delay_s)
+            batch = []
+    # End of stream: the worker's idle flush lets event time run past every label window.
+    step(batch, newest + settings.label_window_s + 1.0)
+    truth = {record["event_id"]: record["p_negative"] for record in simulator.iter_ground_truth()}
+    true_p = np.array([truth[example["example_id"]] for example in examples], dtype=np.float64)
+    return JoinedStream(examples, true_p, found, time.perf_counter() - started, dict(counts))
+
+
+def without_negatives(example: Mapping[str, Any]) -> dict[str, Any]:
+    """The ablation's view of an example: negative kinds become ``"none"`` (absent positives).
+
+    Examples
+    --------
+    >>> without_negatives({"label": "hide", "kinds": ["click", "hide"], "weight": 3.0})
+    {'label': 'click', 'kinds': ['click'], 'weight': 1.0}
+    """
+    kinds = [kind for kind in example["kinds"] if kind not in NEGATIVE_KINDS]
+    positives = [kind for kind in (example["label"], *kinds) if kind in ENGAGEMENT]
+    label = positives[0] if positives else NO_REACTION
+    return {**example, "label": label, "kinds": kinds, "weight": DEFAULT_SEVERITY.get(label, 1.0)}
+
+
+def _p_negative(p: npt.NDArray[np.float32], ignore_negatives: bool) -> npt.NDArray[np.float64]:
+    if ignore_negatives:
+        # Without negative labels the negative heads only ever see 0: rank by engagement.
+        return 1.0 - p[:, _ENGAGEMENT].astype(np.float64)
+    return 1.0 - (1.0 - p[:, _EXPLICIT].astype(np.float64)) * (1.0 - p[:, _IMPLICIT])
+
+
+def _rank(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Position of each candidate when sorted by ``scores`` descending (0 is the top)."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.int64)
+    ranks[order] = np.arange(len(scores))
+    return ranks
+
+
+def evaluate(
+    name: str, config: ModelConfig, stream: JoinedStream, ignore_negatives: bool = False
+) -> dict[str, Any]:
+    """Prequential pass of one model variant: metrics after warm-up and probe rank drops."""
+    model = OnlineModel(config)
+    # Metrics score the true label, "any negative", whatever the variant trained on.
+    labelled = [
+        ExampleBatch.from_examples(stream.examples[i : i + TRAIN_BATCH], config)
+        for i in range(0, len(stream.examples), TRAIN_BATCH)
+    ]
+    n = len(stream.examples)
+    warmup = int(WARMUP_FRACTION * n)
+    model_auc, oracle_auc = RollingAUC(window=n), RollingAUC(window=n)
+    model_loss, oracle_loss = LogLoss(), LogLoss()
+    drops: dict[str, list[float]] = {"item": [], "creator": []}
+    train_seconds = 0.0
+    for index, batch in enumerate(labelled):
+        start = index * TRAIN_BATCH
+        records = stream.examples[start : start + TRAIN_BATCH]
+        train = batch
+        if ignore_negatives:
+            train = ExampleBatch.from_examples([without_negatives(r) for r in records], config)
+        scores = _p_negative(model.predict_many(batch), ignore_negatives)
+        keep = slice(max(0, warmup - start), None)
+        labels = np.maximum(batch.targets[:, _EXPLICIT], batch.targets[:, _IMPLICIT])
+        truth = stream.true_p_negative[start : start + len(records)]
+        model_auc.update(labels[keep], scores[keep])
+        model_loss.update(labels[keep], scores[keep])
+        oracle_auc.update(labels[keep], truth[keep])
+        oracle_loss.update(labels[keep], truth[keep])
+        probes = [
+            stream.probes[r["example_id"]] for r in records if r["example_id"] in stream.probes
+        ]
+        probes = probes if start >= warmup else []
+        rows = [row for probe in probes for row in probe.rows]
+        before = _p_negative(model.predict_many(rows), ignore_negatives) if rows else None
+        tick = time.perf_counter()
+        model.learn_many(train)
+        train_seconds += time.perf_counter() - tick
+        if before is None:
+            continue
+        after = _p_negative(model.predict_many(rows), ignore_negatives)
+        for at, probe in zip(range(0, len(rows), CANDIDATES), probes, strict=True):
+            # Ranking score is 1 - p_negative: a higher p_negative means a lower position.
+            drop = _rank(1.0 - after[at : at + CANDIDATES]) - _rank(
+                1.0 - before[at : at + CANDIDATES]
+            )
+            drops["item"].append(float(drop[probe.disliked]))
+            drops["creator"].append(float(drop[probe.same_creator].mean()))
+    span = CANDIDATES - 1
+    return {
+        "variant": name,
+        "auc": model_auc.get(),
+        "log_loss": model_loss.get(),
+        "oracle_auc": oracle_auc.get(),
+        "oracle_log_loss": oracle_loss.get(),
+        "probes": len(drops["item"]),
+        "item_drop": float(np.mean(drops["item"])) if drops["item"] else math.nan,
+        "item_drop_pct": 100.0 * float(np.mean(drops["item"])) / span
+        if drops["item"]
+        else math.nan,
+        "creator_drop": float(np.mean(drops["creator"])) if drops["creator"] else math.nan,
+        "creator_drop_pct": 100.0 * float(np.mean(drops["creator"])) / span
+        if drops["creator"]
+        else math.nan,
+        "train_examples_per_s": n / train_seconds,
+    }
+
+
+def machine() -> str:
+    """CPU model, core count, torch version, threads and GPU, for the table's header."""
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (
+        f"cpu: {cpu} ({torch.multiprocessing.cpu_count()} cores), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, gpu: {gpu}"
+    )
+
+
+def _table(results: Sequence[Mapping[str, Any]]) -> str:
+    header = (
+        "| variant | AUC | log loss | oracle AUC | oracle log loss | AUC gap | probes "
+        "| item drop (pos / %) | same-creator drop (pos / %) | train ex/s |"
+    )
+    lines = [header, "|" + "---|" * 10]
+    for r in results:
+        gap = r["oracle_auc"] - r["auc"]
+        lines.append(
+            f"| {r['variant']} | {r['auc']:.4f} | {r['log_loss']:.4f} | {r['oracle_auc']:.4f} "
+            f"| {r['oracle_log_loss']:.4f} | {gap:+.4f} | {r['probes']} "
+            f"| {r['item_drop']:.1f} / {r['item_drop_pct']:.0f}% "
+            f"| {r['creator_drop']:.1f} / {r['creator_drop_pct']:.0f}% "
+            f"| {r['train_examples_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and print its table; ``--quick`` for a ~30k-impression smoke run."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="30k impressions instead of 200k")
+    parser.add_argument("--impressions", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    impressions = args.impressions or (30_000 if args.quick else 200_000)
+    stream = join_stream(impressions, args.seed, probe_rate=0.5 if args.quick else 0.15)
+    base = ModelConfig(seed=args.seed)
+    variants: list[tuple[str, ModelConfig, bool]] = [
+        ("default", base, False),
+        ("ablation: negatives ignored", base, True),
+        ("adversarial_eps=0.05", ModelConfig(seed=args.seed, adversarial_eps=0.05), False),
+        ("extra_negatives=2", ModelConfig(seed=args.seed, extra_negatives=2), False),
+    ]
+    results = [evaluate(name, config, stream, ignore) for name, config, ignore in variants]
+    print(f"## model quality ({impressions:,} impressions, seed {args.seed})")
+    print(machine())
+    print(
+        f"join: {len(stream.examples):,} examples in {stream.join_seconds:.1f} s; "
+        f"warm-up {WARMUP_FRACTION:.0%}; micro-batch {TRAIN_BATCH}; "
+        f"{CANDIDATES} candidates a probe, up to {SAME_CREATOR} by the same creator"
+    )
+    print()
+    print(_table(results))
+    print()
+    batches = 15 if args.quick else 40
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        speed = bench_model_throughput.measure(device, TRAIN_BATCH, batches, warmup=5)
+        print(
+            f"throughput {device}: {speed['examples_per_s']:,.0f} examples/s featurise+train, "
+            f"{speed['train_only_examples_per_s']:,.0f} train only (batch {TRAIN_BATCH})"
+        )
+
+
+if __name__ == "__main__":
+    main()

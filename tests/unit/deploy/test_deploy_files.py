@@ -1,0 +1,449 @@
+"""deploy/ is consistent: files parse, references resolve, and every metric queried exists."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from faust.sensors.prometheus import FaustMetrics
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+
+import streams.metrics
+from streams.settings import PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "negstream.json"
+K8S = DEPLOY / "k8s"
+
+#: Labels Prometheus attaches to every scraped series (job and instance from the scrape).
+TARGET_LABELS = frozenset({"job", "instance"})
+#: Series a scrape of one metric exposes, by metric type (prometheus_client naming).
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+METRIC = re.compile(r"\bnegstream_[a-z_]+")
+SELECTOR = re.compile(r"\b(negstream_[a-z_]+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+LEGEND = re.compile(r"\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+
+def _exposed(metrics: list[MetricWrapperBase]) -> dict[str, frozenset[str]]:
+    """Series name -> label names, for every series these metrics put on /metrics."""
+    series: dict[str, frozenset[str]] = {}
+    for metric in metrics:
+        # prometheus_client keeps no public accessor for these; they are stable since 0.4.
+        name, kind = metric._name, metric._type
+        labels = frozenset(metric._labelnames)
+        for suffix in SUFFIXES[kind]:
+            series[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def _negstream_metrics() -> list[MetricWrapperBase]:
+    return [m for m in vars(streams.metrics).values() if isinstance(m, MetricWrapperBase)]
+
+
+def _faust_metrics() -> list[MetricWrapperBase]:
+    # A fresh registry: the worker registers these under the same prefix in the global one.
+    return list(FaustMetrics.create(CollectorRegistry(), "negstream"))
+
+
+KNOWN = {**_exposed(_faust_metrics()), **_exposed(_negstream_metrics())}
+
+
+def expr_problems(expr: str, known: dict[str, frozenset[str]] = KNOWN) -> list[str]:
+    """What in a PromQL expression names a negstream series or label that does not exist."""
+    problems: list[str] = []
+    names = set(METRIC.findall(expr))
+    for name in sorted(names - known.keys()):
+        problems.append(f"unknown metric {name}")
+    for name, matchers in SELECTOR.findall(expr):
+        for label in MATCHER.findall(matchers):
+            if name in known and label not in known[name] | TARGET_LABELS:
+                problems.append(f"{name} has no label {label!r}")
+    available = TARGET_LABELS.union(*(known.get(name, frozenset()) for name in names))
+    for group in GROUPING.findall(expr):
+        for label in filter(None, (part.strip() for part in group.split(","))):
+            if label not in available:
+                problems.append(f"no metric in the expression has label {label!r}")
+    depth = 0
+    for char in expr:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if depth != 0 or expr.count("{") != expr.count("}") or expr.count("[") != expr.count("]"):
+        problems.append("unbalanced brackets")
+    return problems
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml"})
+
+
+@cache
+def _load(path: Path) -> Any:
+    # Cached: tests only read these documents; parametrised ones would parse them repeatedly.
+    return yaml.safe_load(path.read_text())
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in _load(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def _dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _dashboard_panels(panel.get("panels", []))
+
+
+def _dashboard_exprs() -> list[tuple[str, str, str]]:
+    """(where, expr, legend) for every query in the dashboard, templating included."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    found = []
+    for panel in _dashboard_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            found.append((panel["title"], target["expr"], target.get("legendFormat", "")))
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            found.append((f"${variable['name']}", query["query"], ""))
+    return found
+
+
+def _k8s_documents() -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted(K8S.glob("*.yaml"))
+        if path.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def _compose_env(environment: dict[str, Any]) -> dict[str, str]:
+    """Compose environment with ``${VAR:-default}`` replaced by its default."""
+    default = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
+    return {key: default.sub(r"\1", str(value)) for key, value in environment.items()}
+
+
+# --- everything parses ------------------------------------------------------------------
+
+
+def test_deploy_has_the_expected_files() -> None:
+    for path in (COMPOSE, ALERTS, PROMETHEUS, DASHBOARD, DEPLOY / "Dockerfile"):
+        assert path.is_file(), path
+
+
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_yaml_parses(path: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    assert documents, f"{path} holds no YAML document"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.json")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_json_parses(path: Path) -> None:
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+# --- the metric checker itself ----------------------------------------------------------
+
+
+def test_known_metrics_cover_both_sources() -> None:
+    assert "negstream_events_total" in KNOWN
+    assert KNOWN["negstream_feedback_to_score_seconds_bucket"] == {"path", "le"}
+    # Faust names its counters without _total; the exposition format adds it.
+    assert "negstream_messages_received_total" in KNOWN
+    assert KNOWN["negstream_topic_partition_end_offset"] == {"topic", "partition"}
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("rate(negstream_made_up_total[5m]) > 0", "unknown metric negstream_made_up_total"),
+        # The registry name without the exposed suffix is not a series Prometheus stores.
+        ("rate(negstream_events[5m])", "unknown metric negstream_events"),
+        ("rate(negstream_messages_received[5m])", "unknown metric negstream_messages_received"),
+        ('negstream_drift_psi{flavour="x"}', "negstream_drift_psi has no label 'flavour'"),
+        ("sum by (reason) (negstream_drift_psi)", "no metric in the expression has label 'reason'"),
+        ("sum(rate(negstream_events_total[5m])", "unbalanced brackets"),
+    ],
+)
+def test_checker_rejects_bad_expressions(expr: str, problem: str) -> None:
+    assert problem in expr_problems(expr)
+
+
+def test_checker_accepts_a_good_expression() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, path, job) "
+        '(rate(negstream_feedback_to_score_seconds_bucket{instance=~"$instance"}[5m])))'
+    )
+    assert expr_problems(expr) == []
+
+
+# --- Prometheus -------------------------------------------------------------------------
+
+
+def test_prometheus_loads_the_alert_rules_and_scrapes_the_worker() -> None:
+    config = _load(PROMETHEUS)
+    for rule_file in config["rule_files"]:
+        assert (PROMETHEUS.parent / rule_file).is_file(), rule_file
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "negstream"]
+    assert job["metrics_path"] == "/metrics"
+    targets = [
+        f"{name}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for name in sd["names"]
+    ] + [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+    assert "negstream-worker:6066" in targets
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = _alert_rules()
+    assert len(rules) >= 7
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names)), "duplicate alert names"
+    runbook = (DEPLOY / "README.md").read_text()
+    for rule in rules:
+        assert rule.get("expr"), rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), rule["alert"]
+        assert rule.get("labels", {}).get("severity") in {"info", "warning", "critical"}
+        assert rule.get("annotations", {}).get("summary"), rule["alert"]
+        assert rule["annotations"].get("description"), rule["alert"]
+        # The runbook hint must point at a section that exists.
+        assert rule["annotations"]["runbook"].endswith("#" + rule["alert"].lower())
+        assert f"### {rule['alert']}\n" in runbook, f"no runbook section for {rule['alert']}"
+
+
+def test_alerts_cover_the_required_signals() -> None:
+    exprs = " ".join(rule["expr"] for rule in _alert_rules())
+    for metric in (
+        "negstream_drift_psi",
+        "negstream_prequential",
+        "negstream_dead_letters_total",
+        "negstream_topic_partition_end_offset",
+        "negstream_checkpoint_timestamp_seconds",
+        "negstream_score_updates_total",
+        "negstream_last_score_timestamp_seconds",
+        "negstream_flagged_users_total",
+    ):
+        assert metric in exprs, metric
+
+
+@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+def test_alert_expressions_use_existing_metrics_and_labels(rule: dict[str, Any]) -> None:
+    assert expr_problems(rule["expr"]) == []
+
+
+# --- Grafana ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "expr", "legend"), _dashboard_exprs(), ids=lambda value: str(value)[:60]
+)
+def test_dashboard_queries_use_existing_metrics_and_labels(
+    where: str, expr: str, legend: str
+) -> None:
+    assert expr_problems(expr) == [], where
+    if "ALERTS" in expr:
+        return
+    labels = TARGET_LABELS.union(*(KNOWN.get(name, frozenset()) for name in METRIC.findall(expr)))
+    for label in LEGEND.findall(legend):
+        assert label in labels, f"{where}: legend {{{{{label}}}}} names no label of the query"
+
+
+def test_dashboard_shape() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "negstream"
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    for row in ("Throughput", "Consumer lag", "Latency", "Dead letters", "Model quality",
+                "Drift", "Flagged users"):  # fmt: skip
+        assert row in rows
+    ids = [p["id"] for p in _dashboard_panels(dashboard["panels"])]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for panel in _dashboard_panels(dashboard["panels"]):
+        if panel["type"] == "row":
+            continue
+        uid = panel["datasource"]["uid"]
+        assert uid.strip("${}") in variables, f"{panel['title']}: datasource {uid}"
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    taken: set[tuple[int, int]] = set()
+    for panel in _dashboard_panels(dashboard["panels"]):
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+
+
+def test_grafana_provisioning_matches_the_compose_mounts() -> None:
+    datasources = _load(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")
+    (prometheus,) = datasources["datasources"]
+    assert prometheus["uid"] == "prometheus" and prometheus["type"] == "prometheus"
+    assert prometheus["url"] == "http://prometheus:9090"
+    providers = _load(DEPLOY / "grafana/provisioning/dashboards/negstream.yml")["providers"]
+    mounts = dict(
+        volume.split(":")[1::-1]
+        for volume in _load(COMPOSE)["services"]["grafana"]["volumes"]
+        if volume.startswith("./")
+    )
+    for provider in providers:
+        source = mounts[provider["options"]["path"]]
+        assert (DEPLOY / source / DASHBOARD.name).is_file()
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+
+
+# --- compose ----------------------------------------------------------------------------
+
+
+def test_compose_references_existing_files() -> None:
+    services = _load(COMPOSE)["services"]
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+            assert (context / "pyproject.toml").is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name}: {source}"
+
+
+def test_compose_services_and_start_order() -> None:
+    services = _load(COMPOSE)["services"]
+    assert {"kafka", "topics", "negstream-worker", "prometheus", "grafana"} <= services.keys()
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]
+    assert (
+        "PLAINTEXT://kafka:9092" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    )
+    worker = services["negstream-worker"]
+    assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    for name in ("kafka", "negstream-worker", "prometheus", "grafana"):
+        assert "healthcheck" in services[name], name
+
+
+@pytest.mark.parametrize("service", ["topics", "negstream-worker"])
+def test_compose_worker_environment_is_valid_settings(service: str) -> None:
+    environment = _compose_env(_load(COMPOSE)["services"][service]["environment"])
+    _assert_valid_settings(environment)
+    settings = Settings.from_env(environment)
+    assert settings.broker_url == "kafka://kafka:9092"
+    assert settings.metrics_host == "0.0.0.0"
+    assert settings.session_timeout_s == 45 and settings.heartbeat_s == 3
+    assert settings.producer_max_batch_size == 65536
+
+
+def _assert_valid_settings(environment: dict[str, str]) -> None:
+    fields = {PREFIX + name.upper() for name in Settings.__dataclass_fields__}
+    unknown = {key for key in environment if key.startswith(PREFIX)} - fields
+    assert not unknown, f"not negstream settings: {sorted(unknown)}"
+    Settings.from_env(environment)
+
+
+def test_dockerfile_installs_cpu_torch_and_runs_the_worker() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert "torch==2.13.0" in dockerfile
+    assert 'CMD ["negstream", "worker"]' in dockerfile
+    for source in re.findall(r"^COPY (\S+)", dockerfile, flags=re.MULTILINE):
+        assert (ROOT / source).exists(), source
+
+
+# --- Kubernetes -------------------------------------------------------------------------
+
+
+def test_k8s_has_the_required_kinds() -> None:
+    kinds = {doc["kind"] for doc in _k8s_documents()}
+    assert {"ConfigMap", "Secret", "StatefulSet", "Service", "PodDisruptionBudget"} <= kinds
+
+
+def test_kustomization_lists_existing_files() -> None:
+    kustomization = _load(K8S / "kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file(), resource
+    assert "secret.example.yaml" not in kustomization["resources"]
+
+
+def test_k8s_configmap_is_valid_settings() -> None:
+    (configmap,) = [doc for doc in _k8s_documents() if doc["kind"] == "ConfigMap"]
+    environment = {key: str(value) for key, value in configmap["data"].items()}
+    _assert_valid_settings(environment)
+    settings = Settings.from_env(environment)
+    assert settings.metrics_host == "0.0.0.0" and settings.replication_factor == 3
+    (secret,) = [doc for doc in _k8s_documents() if doc["kind"] == "Secret"]
+    _assert_valid_settings({key: str(value) for key, value in secret["stringData"].items()})
+
+
+def test_k8s_statefulset() -> None:
+    docs = _k8s_documents()
+    (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    (statefulset,) = [doc for doc in docs if doc["kind"] == "StatefulSet"]
+    (service,) = [doc for doc in docs if doc["kind"] == "Service"]
+    (budget,) = [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
+    spec = statefulset["spec"]
+    settings = Settings.from_env({k: str(v) for k, v in configmap["data"].items()})
+    assert 1 <= spec["replicas"] <= settings.partitions
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    pod_labels = spec["template"]["metadata"]["labels"]
+    for selector in (spec["selector"]["matchLabels"], service["spec"]["selector"],
+                     budget["spec"]["selector"]["matchLabels"]):  # fmt: skip
+        assert selector.items() <= pod_labels.items()
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > settings.session_timeout_s
+    (container,) = pod["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == settings.metrics_port
+    for probe in ("livenessProbe", "readinessProbe"):
+        check = container[probe]["httpGet"]
+        assert check["path"] == "/metrics" and check["port"] in ("metrics", settings.metrics_port)
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= container["resources"][kind].keys()
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == settings.data_dir
+    references = {
+        ref["configMapRef"]["name"] for ref in container["envFrom"] if "configMapRef" in ref
+    }
+    assert configmap["metadata"]["name"] in references
+
+
+def test_no_yaml_file_holds_tabs() -> None:
+    # YAML forbids tab indentation; an editor that inserts one breaks a file silently.
+    for path in _yaml_files():
+        assert "\t" not in path.read_text(), path
+
+
+def test_deploy_readme_covers_the_basics() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    for needle in ("docker compose", "kubectl apply -k", "NEGSTREAM_BROKER_URL", "3000"):
+        assert needle in readme, needle
