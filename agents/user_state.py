@@ -270,6 +270,13 @@ def table_view(state: State, settings: Settings) -> dict[str, Any]:
     """The user's windowed counters at their event-time clock, as published to operators."""
     clock = state["clock"]
     view: dict[str, Any] = {"clock": clock, "flagged": state["flagged_until"] > clock}
+    candidates = state["candidates"]
+    view["candidates"] = [
+        {**candidate, "features": values}
+        for candidate, values in zip(
+            candidates, features_many(state, settings, candidates), strict=True
+        )
+    ]
     spans = {
         "short": (
             state["short"],

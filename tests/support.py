@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
@@ -92,10 +93,18 @@ class WorkerProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def get(self, path: str) -> bytes:
+    def get(self, path: str, timeout: float = 60.0) -> bytes:
+        """GET a worker page; retried while the worker answers 503 (tables recovering)."""
         url = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return bytes(response.read())
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    return bytes(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of /metrics, by name and sorted labels."""
