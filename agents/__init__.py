@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from agents import user_state
+from agents.drift import DriftReporter
 from agents.pipeline import InputPipeline
 from agents.trainer import ModelService
 from streams.settings import Settings
@@ -21,6 +22,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     pipeline = InputPipeline(settings, topics, users)
     service = ModelService(settings, topics, users)
     pipeline.on_feedback = service.request_refresh
+    drift = DriftReporter(settings, topics, users, service)
 
     @app.agent(topics.inputs, name="negstream.input")
     async def input_agent(stream: Any) -> None:
@@ -39,6 +41,10 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
     async def score_refresh() -> None:
         await service.refresh()
+
+    @app.timer(settings.drift_interval_s, name="negstream.drift")  # type: ignore[untyped-decorator]
+    async def drift_report() -> None:
+        await drift.report()
 
     @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
     async def idle_flush() -> None:

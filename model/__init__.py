@@ -1,6 +1,8 @@
 """Online negative-feedback model: hashing, batches, the torch model, checkpoints, metrics."""
 
 from model.batch import CandidateBatch, ExampleBatch, squash
+from model.calibration import CalibrationBucket, CalibrationTable, DelaySummary, LabelDelay
+from model.change import PageHinkley
 from model.checkpoint import CheckpointStore, load_latest, save_checkpoint
 from model.config import (
     DEFAULT_FEATURES,
@@ -9,31 +11,46 @@ from model.config import (
     ModelConfig,
     resolve_device,
 )
+from model.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
 from model.hashing import FeatureHasher, expected_collision_fraction, stable_hash
 from model.lazy_adam import LazyAdam
 from model.metrics import CalibrationError, LogLoss, RollingAUC
 from model.online import OnlineModel
 from model.prequential import Learner, Prequential
+from model.rates import KindShift, RateShift
 from model.sampling import sample_extra_negatives
 
 __all__ = [
     "DEFAULT_FEATURES",
     "DEFAULT_SEVERITY",
     "HEADS",
+    "PSI_ACT",
+    "PSI_WATCH",
+    "CalibrationBucket",
     "CalibrationError",
+    "CalibrationTable",
     "CandidateBatch",
     "CheckpointStore",
+    "DelaySummary",
     "ExampleBatch",
     "FeatureHasher",
+    "FixedBinHistogram",
+    "KindShift",
+    "LabelDelay",
     "LazyAdam",
     "Learner",
     "LogLoss",
     "ModelConfig",
     "OnlineModel",
+    "PSIMonitor",
+    "PageHinkley",
     "Prequential",
+    "RateShift",
     "RollingAUC",
     "expected_collision_fraction",
     "load_latest",
+    "psi",
+    "psi_level",
     "resolve_device",
     "sample_extra_negatives",
     "save_checkpoint",

@@ -318,7 +318,7 @@ def machine() -> str:
 def _table(results: Sequence[Mapping[str, Any]]) -> str:
     header = (
         "| variant | AUC | log loss | oracle AUC | oracle log loss | AUC gap | probes "
-        "| item drop (pos / %) | same-creator drop (pos / %) | train ex/s |"
+        "| item drop (pos / %) | same-creator drop (pos / %) | learn_many ex/s |"
     )
     lines = [header, "|" + "---|" * 10]
     for r in results:
