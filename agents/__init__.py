@@ -10,6 +10,7 @@ from agents import user_state
 from agents.drift import DriftReporter
 from agents.pipeline import InputPipeline
 from agents.trainer import ModelService
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.tables import declare_users_table
 from streams.topics import declare_topics
@@ -19,8 +20,9 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     """Declare topics and tables on ``app`` and register every agent, timer and page."""
     topics = declare_topics(app, settings)
     users = declare_users_table(app, settings)
-    pipeline = InputPipeline(settings, topics, users)
-    service = ModelService(settings, topics, users)
+    pseudonym = Pseudonymizer(settings.pseudonymize_key)
+    pipeline = InputPipeline(settings, topics, users, pseudonym)
+    service = ModelService(settings, topics, users, pseudonym)
     pipeline.on_feedback = service.request_refresh
     drift = DriftReporter(settings, topics, users, service)
 

@@ -32,7 +32,12 @@ class Decoded:
     dead_letters: list[tuple[int, DeadLetter]] = field(default_factory=list)
 
 
-def decode_batch(messages: Sequence[RawMessage], impressions_topic: str, max_bytes: int) -> Decoded:
+def decode_batch(
+    messages: Sequence[RawMessage],
+    impressions_topic: str,
+    max_bytes: int,
+    latest: float | None = None,
+) -> Decoded:
     """Validate each message; every message lands in exactly one of the three lists.
 
     A message without a key is valid but sits on a partition chosen without its user_id, so
@@ -41,7 +46,7 @@ def decode_batch(messages: Sequence[RawMessage], impressions_topic: str, max_byt
     decoded = Decoded()
     for position, message in enumerate(messages):
         try:
-            record = decode_one(message, impressions_topic, max_bytes)
+            record = decode_one(message, impressions_topic, max_bytes, latest)
         except ValidationError as error:
             letter = make_dead_letter(
                 error.reason,
@@ -60,12 +65,12 @@ def decode_batch(messages: Sequence[RawMessage], impressions_topic: str, max_byt
 
 
 def decode_one(
-    message: RawMessage, impressions_topic: str, max_bytes: int
+    message: RawMessage, impressions_topic: str, max_bytes: int, latest: float | None = None
 ) -> Impression | Feedback:
     """Decode one message by the topic it came from, or raise :class:`ValidationError`."""
     if message.value is None:
         raise ValidationError("bad_json", "message has no value (a tombstone?)")
     obj: dict[str, Any] = parse_object(message.value, max_bytes)
     if message.topic == impressions_topic:
-        return validate_impression(obj, message.key)
-    return validate_feedback(obj, message.key)
+        return validate_impression(obj, message.key, latest)
+    return validate_feedback(obj, message.key, latest)

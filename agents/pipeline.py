@@ -8,6 +8,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from faust.types import EventT, TableT
@@ -18,6 +19,7 @@ from schemas.codec import encode
 from schemas.events import Feedback, Impression
 from schemas.kinds import NO_REACTION, kind_group
 from streams import metrics
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.tables import partition_context
 from streams.topics import Topics
@@ -38,8 +40,15 @@ class InputPipeline:
     impressions of a quiet stream are still labelled.
     """
 
-    def __init__(self, settings: Settings, topics: Topics, users: TableT[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        users: TableT[str, Any],
+        pseudonym: Pseudonymizer | None = None,
+    ) -> None:
         self.settings = settings
+        self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
         self.topics = topics
         self.users = users
         self.impressions_topic = topics.impressions_name
@@ -68,12 +77,26 @@ class InputPipeline:
         if self.index_stale:
             self.rebuild_index(self.users.items())
         messages = [_raw(event) for event in events]
-        decoded = decode_batch(messages, self.impressions_topic, self.settings.max_payload_bytes)
+        latest = time.time() + self.settings.max_future_s
+        decoded = decode_batch(
+            messages, self.impressions_topic, self.settings.max_payload_bytes, latest
+        )
         outcomes: Counter[str] = Counter()
         for position, letter in decoded.dead_letters:
             outcomes[f"dead_letter:{self._type_of(letter.topic)}"] += 1
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            await self.topics.dead_letters.send(key=messages[position].key, value=encode(letter))
+            key = messages[position].key
+            if self.pseudonym.enabled:
+                # The raw payload and the key name the user: keep the payload's size and
+                # digest, and the key as a pseudonym.
+                hidden = None if key is None else self.pseudonym(key.decode("utf-8", "replace"))
+                key = None if hidden is None else hidden.encode()
+                detail = letter.detail
+                if letter.reason == "key_mismatch":
+                    detail = "message key is not the user_id"
+                letter = replace(letter, key=hidden, value_b64="", detail=detail,
+                                 truncated=letter.value_size > 0)  # fmt: skip
+            await self.topics.dead_letters.send(key=key, value=encode(letter))
         for position, record in decoded.unkeyed:
             # Unkeyed input sits on a partition not chosen by user_id: re-send it keyed.
             outcomes[f"repartitioned:{self._type_of(messages[position].topic)}"] += 1
@@ -109,7 +132,8 @@ class InputPipeline:
         sent_ms = {r.event_id: messages[p].timestamp_ms for p, r in decoded.events}
         # Outputs are delivered before the state that records them is written: a crash in
         # between replays the events (at-least-once) instead of losing their outputs.
-        await self._publish(batch_out, sent_ms)
+        partitions = {user: partition for user, partition, _ in new_states}
+        await self._publish(batch_out, sent_ms, partitions)
         for user_id, partition, state in new_states:
             self._store(user_id, partition, state, watermarks[partition])
         if self.on_feedback is not None:
@@ -179,7 +203,7 @@ class InputPipeline:
                     heapq.heappush(heap, (deadline, user_id))
         if changed:
             _observe(closed.counts)
-            await self._publish(closed, {})
+            await self._publish(closed, {}, {user: partition for user, _ in changed})
             for user_id, state in changed:
                 self._store(user_id, partition, state, watermark)
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
@@ -213,17 +237,32 @@ class InputPipeline:
             heapq.heapify(heap)
         self.index_stale = False
 
-    async def _publish(self, out: user_state.Outputs, sent_ms: dict[str, int | None]) -> None:
-        """Send the examples and score updates and wait until the broker has them."""
+    async def _publish(
+        self, out: user_state.Outputs, sent_ms: dict[str, int | None], partitions: dict[str, int]
+    ) -> None:
+        """Send the examples and score updates and wait until the broker has them.
+
+        With pseudonymous ids the key no longer hashes to the user's partition, so each
+        record names its partition explicitly: outputs stay co-partitioned with the input.
+        """
         pending = []
+        hide = self.pseudonym.enabled
         for update in out.updates:
-            key = update.user_id.encode()
-            pending.append(await self.topics.scores.send(key=key, value=encode(update)))
+            user = self.pseudonym(update.user_id)
+            partition = partitions.get(update.user_id) if hide else None
+            value = encode(replace(update, user_id=user) if hide else update)
+            pending.append(
+                await self.topics.scores.send(key=user.encode(), value=value, partition=partition)
+            )
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
             metrics.EXAMPLES.labels(group).inc()
-            key = example.user_id.encode()
-            pending.append(await self.topics.examples.send(key=key, value=encode(example)))
+            user = self.pseudonym(example.user_id)
+            partition = partitions.get(example.user_id) if hide else None
+            value = encode(replace(example, user_id=user) if hide else example)
+            pending.append(
+                await self.topics.examples.send(key=user.encode(), value=value, partition=partition)
+            )
         if pending:
             await asyncio.gather(*pending)
         for update in out.updates:

@@ -22,6 +22,7 @@ from model.prequential import Prequential
 from schemas.codec import encode
 from schemas.events import FEATURE_NAMES, ItemScore, ScoreUpdate
 from streams import metrics
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.topics import Topics
 
@@ -41,8 +42,15 @@ class ModelService:
     offsets of ``training-examples``.
     """
 
-    def __init__(self, settings: Settings, topics: Topics, users: TableT[str, Any]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        users: TableT[str, Any],
+        pseudonym: Pseudonymizer | None = None,
+    ) -> None:
         self.settings = settings
+        self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
         self.topics = topics
         self.users = users
         torch.set_num_threads(max(1, settings.torch_threads))
@@ -113,7 +121,8 @@ class ModelService:
         for hook in self.on_learned:
             hook(examples, predictions)
         for example in examples:
-            self.request_refresh(example["user_id"], example["example_id"], None)
+            user = self.pseudonym.real_id(example["user_id"])
+            self.request_refresh(user, example["example_id"], None)
         self.batches_since_checkpoint += 1
         due = time.monotonic() - self.last_checkpoint >= self.settings.checkpoint_every_s
         if due or self.batches_since_checkpoint >= self.settings.checkpoint_every_batches:
@@ -174,8 +183,9 @@ class ModelService:
             )
         for user, scores in by_user.items():
             state = states[user]
+            published_id = self.pseudonym(user)
             update = ScoreUpdate(
-                user_id=user,
+                user_id=published_id,
                 source="model",
                 model_version=version,
                 timestamp=state["clock"],
@@ -184,7 +194,12 @@ class ModelService:
                 suppressions=active_suppressions(state),
             )
             self.last_refresh[user] = now
-            pending.append(await self.topics.scores.send(key=user.encode(), value=encode(update)))
+            partition = state.get("partition") if self.pseudonym.enabled else None
+            pending.append(
+                await self.topics.scores.send(
+                    key=published_id.encode(), value=encode(update), partition=partition
+                )
+            )
         await asyncio.gather(*pending)
         sent = time.time()
         metrics.LAST_SCORE_TIMESTAMP.set(sent)

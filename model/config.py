@@ -87,19 +87,28 @@ class ModelConfig:
         Standard deviation of the initial embeddings. Much smaller (0.05 and below) leaves the
         user x item dot products near 0 and measured ~4x more steps to break symmetry.
     hidden
-        Widths of the MLP's hidden layers.
+        Widths of the MLP's hidden layers. One layer of 32 scored +0.004 AUC over (64, 32) on
+        the 200k simulator stream (3/3 seeds) with a cheaper step: one pass over a short
+        stream has little data for a deeper MLP.
     features
         Names of the dense features, in column order.
     severity
         Loss weight of each feedback kind; kinds absent here (and ``"none"``) weigh 1.
     lr
-        Learning rate of both optimisers. 0.03 learned the conformance toy stream (one disliked
-        category per user) in one pass for 5/5 seeds; 0.02 failed 2/5 and 0.01 needed ~4 passes.
+        Learning rate of the MLP's Adam (and of everything under ``"adam"`` / ``"adagrad"``).
+        0.01: on the 200k-impression simulator stream 0.03 scored 0.003 AUC lower.
+    embedding_lr
+        Learning rate of the embedding table's Adagrad under ``"adagrad+adam"``. Embeddings
+        see each id a few times a step at most and need a much larger step than the MLP; on
+        the simulator stream 0.05 / 0.1 / 0.2 scored within 0.002 AUC of each other.
     optimizer
-        ``"adam"``: :class:`~model.lazy_adam.LazyAdam` on embeddings + fused Adam on the MLP
-        (learned the toy stream in fewer steps than Adagrad, and the step measured faster than
-        both ``SparseAdam`` and sparse Adagrad); ``"adagrad"``: one Adagrad over everything (a
-        third less optimiser state to checkpoint).
+        ``"adagrad+adam"`` (default): sparse Adagrad on embeddings at ``embedding_lr`` + fused
+        Adam on the MLP at ``lr``. Adagrad's step grows with the gradient, so a row seen once
+        moves less than one seen often, where LazyAdam moves every touched row by ~``lr``:
+        on the 200k simulator stream +0.005 AUC and twice the one-batch rank drop of a
+        disliked item over ``"adam"``. ``"adam"``: :class:`~model.lazy_adam.LazyAdam` on
+        embeddings + fused Adam on the MLP, both at ``lr``; ``"adagrad"``: one Adagrad over
+        everything (a third less optimiser state to checkpoint).
     seed
         Seeds weight initialisation and negative sampling.
     device
@@ -119,11 +128,12 @@ class ModelConfig:
     buckets: int = 2**18
     embedding_dim: int = 16
     init_std: float = 0.1
-    hidden: tuple[int, ...] = (64, 32)
+    hidden: tuple[int, ...] = (32,)
     features: tuple[str, ...] = DEFAULT_FEATURES
     severity: Mapping[str, float] = field(default_factory=_default_severity)
-    lr: float = 0.03
-    optimizer: Literal["adam", "adagrad"] = "adam"
+    lr: float = 0.01
+    embedding_lr: float = 0.1
+    optimizer: Literal["adagrad+adam", "adam", "adagrad"] = "adagrad+adam"
     seed: int = 0
     device: str = "auto"
     adversarial_eps: float = 0.0
@@ -138,7 +148,9 @@ class ModelConfig:
             raise ValueError("embedding_dim must be >= 1")
         if self.adversarial_eps < 0 or self.extra_negatives < 0:
             raise ValueError("adversarial_eps and extra_negatives must be >= 0")
-        if self.optimizer not in ("adam", "adagrad"):
+        if self.lr <= 0 or self.embedding_lr <= 0:
+            raise ValueError("lr and embedding_lr must be > 0")
+        if self.optimizer not in ("adagrad+adam", "adam", "adagrad"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         # A frozen config must not share a mutable mapping with its caller.
         object.__setattr__(self, "severity", MappingProxyType(dict(self.severity)))

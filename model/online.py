@@ -33,7 +33,7 @@ _FIELDS = 4
 
 
 class _Network(nn.Module):
-    """Hashed id embeddings, three user interactions, dense features -> MLP -> one logit a head."""
+    """Hashed id embeddings, three user interactions, dense features -> MLP + linear -> logits."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -51,6 +51,12 @@ class _Network(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, len(HEADS)))
         self.mlp = nn.Sequential(*layers)
+        # Wide part: the interactions and dense features also reach the logits linearly, so
+        # "more past negatives -> more likely negative" needs no ReLU path to be learned first
+        # (+0.004 AUC on the 200k simulator stream, 3/3 seeds). Zero weights: it starts as a
+        # no-op.
+        self.wide = nn.Linear(_FIELDS - 1 + len(config.features), len(HEADS))
+        nn.init.zeros_(self.wide.weight)
 
     def embed(self, rows: torch.Tensor) -> torch.Tensor:
         """``[n, 4]`` table rows -> ``[n, 4, dim]`` embeddings (user, item, creator, category)."""
@@ -61,15 +67,26 @@ class _Network(nn.Module):
         # user dislike this creator/topic" directly instead of making it learn multiplication.
         interactions = (embedded[:, :1] * embedded[:, 1:]).sum(2)
         features = torch.cat([embedded.flatten(1), interactions, dense], dim=1)
-        logits: torch.Tensor = self.mlp(features)
+        logits: torch.Tensor = self.mlp(features) + self.wide(torch.cat([interactions, dense], 1))
         return logits
 
 
 def _weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> Any:
-    per_row = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)
-    # Mean over rows, not over the weights: a batch of reports should move the model further
-    # than a batch of skips.
-    return (per_row * weights).mean()
+    """Summed per-head BCE; severity weighs only the explicit-negative head's positive rows.
+
+    ``weights`` (record weight x severity) are rescaled to mean 1 over the batch's explicit
+    negatives: a report pulls harder than a dislike, but the head's positives as a whole pull
+    as hard as unweighted ones, so its probability stays calibrated. Weighting every head by
+    severity (as before) inflated p_negative: on the 200k simulator stream the log loss of
+    p(negative) was 0.726 against the base rate's 0.523; this gives 0.502 and a higher AUC.
+    """
+    per_head = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    positive = targets[:, _EXPLICIT]
+    # Sums, not boolean indexing: no host sync a step; a batch without positives scales by 1.
+    mean = (weights * positive).sum() / positive.sum().clamp_min(1.0)
+    scale = positive * (weights / mean.clamp_min(1e-12) - 1.0) + 1.0
+    per_row = per_head.sum(1) + (scale - 1.0) * per_head[:, _EXPLICIT]
+    return per_row.mean()
 
 
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -126,10 +143,15 @@ class OnlineModel:
         self._rng = np.random.default_rng(self.config.seed)
         self._field_offsets = np.arange(_FIELDS, dtype=np.int64) * self.config.buckets
         sparse = list(self._net.table.parameters())
-        dense = list(self._net.mlp.parameters())
+        dense = [*self._net.mlp.parameters(), *self._net.wide.parameters()]
         lr = self.config.lr
         self._optimizers: list[torch.optim.Optimizer]
-        if self.config.optimizer == "adam":
+        if self.config.optimizer == "adagrad+adam":
+            self._optimizers = [
+                torch.optim.Adagrad(sparse, lr=self.config.embedding_lr),
+                _adam(dense, lr),
+            ]
+        elif self.config.optimizer == "adam":
             self._optimizers = [LazyAdam(sparse, lr=lr), _adam(dense, lr)]
         else:
             self._optimizers = [torch.optim.Adagrad(sparse + dense, lr=lr)]

@@ -105,7 +105,7 @@ def _count(obj: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def parse_timestamp(value: Any) -> float:
+def parse_timestamp(value: Any, latest: float | None = None) -> float:
     """Event time in epoch seconds from a number or an ISO-8601 string with a UTC offset.
 
     Examples
@@ -137,6 +137,12 @@ def parse_timestamp(value: Any) -> float:
         seconds = parsed.timestamp()
     else:
         raise ValidationError("wrong_type", "field 'timestamp' must be a number or string")
+    if latest is not None and math.isfinite(seconds) and seconds > latest:
+        # A clock far ahead would drag the event-time watermark with it and make every
+        # other user's events on the partition late.
+        raise ValidationError(
+            "timestamp_out_of_range", f"timestamp {value} is later than the allowed {latest:.0f}"
+        )
     if not math.isfinite(seconds) or not MIN_TIMESTAMP <= seconds < MAX_TIMESTAMP:
         hint = " (milliseconds? divide by 1000)" if seconds >= MAX_TIMESTAMP * 100 else ""
         raise ValidationError(
@@ -152,7 +158,9 @@ def _check_key(user_id: str, key: bytes | None) -> None:
         raise ValidationError("key_mismatch", f"message key {shown!r} is not user_id {user_id!r}")
 
 
-def validate_impression(obj: dict[str, Any], key: bytes | None = None) -> Impression:
+def validate_impression(
+    obj: dict[str, Any], key: bytes | None = None, latest: float | None = None
+) -> Impression:
     """Build an :class:`Impression` from a decoded object, or raise :class:`ValidationError`."""
     user_id = _string(obj, "user_id", True)
     assert user_id is not None
@@ -161,7 +169,7 @@ def validate_impression(obj: dict[str, Any], key: bytes | None = None) -> Impres
         event_id=_string(obj, "event_id", True) or "",
         user_id=user_id,
         item_id=_string(obj, "item_id", True) or "",
-        timestamp=parse_timestamp(obj.get("timestamp")),
+        timestamp=parse_timestamp(obj.get("timestamp"), latest),
         creator_id=_string(obj, "creator_id", False),
         category=_string(obj, "category", False),
         request_id=_string(obj, "request_id", False),
@@ -169,7 +177,9 @@ def validate_impression(obj: dict[str, Any], key: bytes | None = None) -> Impres
     )
 
 
-def validate_feedback(obj: dict[str, Any], key: bytes | None = None) -> Feedback:
+def validate_feedback(
+    obj: dict[str, Any], key: bytes | None = None, latest: float | None = None
+) -> Feedback:
     """Build a :class:`Feedback` from a decoded object, or raise :class:`ValidationError`."""
     user_id = _string(obj, "user_id", True)
     assert user_id is not None
@@ -187,7 +197,7 @@ def validate_feedback(obj: dict[str, Any], key: bytes | None = None) -> Feedback
         user_id=user_id,
         item_id=_string(obj, "item_id", True) or "",
         kind=kind,
-        timestamp=parse_timestamp(obj.get("timestamp")),
+        timestamp=parse_timestamp(obj.get("timestamp"), latest),
         creator_id=_string(obj, "creator_id", False),
         category=_string(obj, "category", False),
         request_id=_string(obj, "request_id", False),
@@ -196,9 +206,14 @@ def validate_feedback(obj: dict[str, Any], key: bytes | None = None) -> Feedback
 
 
 def decode_impression(
-    raw: bytes, key: bytes | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    raw: bytes,
+    key: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    latest: float | None = None,
 ) -> Impression:
     """Decode and validate one raw impression message.
+
+    ``latest`` (epoch seconds), when given, is the latest event time accepted.
 
     Examples
     --------
@@ -206,11 +221,14 @@ def decode_impression(
     >>> decode_impression(raw, key=b"u1").item_id
     'i1'
     """
-    return validate_impression(parse_object(raw, max_bytes), key)
+    return validate_impression(parse_object(raw, max_bytes), key, latest)
 
 
 def decode_feedback(
-    raw: bytes, key: bytes | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    raw: bytes,
+    key: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    latest: float | None = None,
 ) -> Feedback:
     """Decode and validate one raw feedback message.
 
@@ -223,4 +241,4 @@ def decode_feedback(
     ...     print(exc.reason)
     unknown_kind
     """
-    return validate_feedback(parse_object(raw, max_bytes), key)
+    return validate_feedback(parse_object(raw, max_bytes), key, latest)

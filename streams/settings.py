@@ -48,6 +48,8 @@ class Settings:
     """NEGSTREAM_RETENTION_MS: retention of the non-compacted topics."""
     max_payload_bytes: int = 64 * 1024
     """NEGSTREAM_MAX_PAYLOAD_BYTES: larger input messages are dead-lettered as oversize."""
+    max_future_s: float = 3600.0
+    """NEGSTREAM_MAX_FUTURE_S: events timed further ahead of the worker's clock are rejected."""
     batch_size: int = 1000
     """NEGSTREAM_BATCH_SIZE: input events processed per micro-batch."""
     batch_within_s: float = 0.02

@@ -118,7 +118,9 @@ class WorkerProcess:
 
 def produce(settings: Settings, messages: Iterable[tuple[str, bytes | None, Any]]) -> int:
     """Send ``(topic setting, key, value)``; dict values are JSON-encoded."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, linger_ms=5, max_request_size=16 * 2**20
+    )
     count = 0
     for topic, key, value in messages:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)

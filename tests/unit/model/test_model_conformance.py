@@ -26,7 +26,9 @@ CONFIGS = {
     "default": ModelConfig(),
     "adversarial": ModelConfig(buckets=2**16, adversarial_eps=0.05, adversarial_weight=0.5),
     "extra_negatives": ModelConfig(buckets=2**16, extra_negatives=2),
-    "adagrad": ModelConfig(buckets=2**16, optimizer="adagrad"),
+    # One Adagrad over everything needs the larger shared lr it was tuned with.
+    "adagrad": ModelConfig(buckets=2**16, optimizer="adagrad", lr=0.03),
+    "adam": ModelConfig(buckets=2**16, optimizer="adam", lr=0.03),
 }
 Factory = Callable[[], OnlineModel]
 MODELS: dict[str, Factory] = {

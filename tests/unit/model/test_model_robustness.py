@@ -127,3 +127,20 @@ def test_adversarial_training_differs_from_plain() -> None:
 def test_invalid_config_is_rejected(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+def test_severity_reweights_explicit_negatives_without_inflating_them() -> None:
+    """Severity ranks explicit negatives among themselves; their total pull stays unweighted."""
+    logits = torch.zeros(4, 3)
+    targets = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    unweighted = _weighted_bce(logits, targets, torch.ones(4))
+    # Same severity on every explicit negative (and any on the others): the plain loss.
+    uniform = _weighted_bce(logits, targets, torch.tensor([5.0, 5.0, 1.0, 0.5]))
+    assert uniform.item() == pytest.approx(unweighted.item())
+    # A report next to a dislike: the report's row counts more, their mean weight stays 1.
+    logits.requires_grad_(True)
+    _weighted_bce(logits, targets, torch.tensor([5.0, 3.0, 1.0, 1.0])).backward()
+    assert logits.grad is not None
+    report, dislike = logits.grad[0, 0].item(), logits.grad[1, 0].item()
+    assert report < dislike < 0
+    assert (report + dislike) / 2 == pytest.approx(-0.5 / 4)

@@ -143,3 +143,11 @@ def test_arbitrary_json_raises_only_validation_errors(
             assert error.reason in REASONS
         else:
             assert math.isfinite(record.timestamp)
+
+
+def test_event_times_beyond_the_allowed_future_are_rejected() -> None:
+    raw = orjson.dumps(GOOD_IMPRESSION)
+    assert decode_impression(raw, latest=GOOD_IMPRESSION["timestamp"]).event_id == "e1"
+    with pytest.raises(ValidationError) as caught:
+        decode_impression(raw, latest=GOOD_IMPRESSION["timestamp"] - 1)
+    assert caught.value.reason == "timestamp_out_of_range"
