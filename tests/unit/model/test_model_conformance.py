@@ -28,7 +28,6 @@ CONFIGS = {
     "extra_negatives": ModelConfig(buckets=2**16, extra_negatives=2),
     # One Adagrad over everything needs the larger shared lr it was tuned with.
     "adagrad": ModelConfig(buckets=2**16, optimizer="adagrad", lr=0.03),
-    "adam": ModelConfig(buckets=2**16, optimizer="adam", lr=0.03),
 }
 Factory = Callable[[], OnlineModel]
 MODELS: dict[str, Factory] = {
