@@ -93,7 +93,9 @@ class ModelConfig:
     features
         Names of the dense features, in column order.
     severity
-        Loss weight of each feedback kind; kinds absent here (and ``"none"``) weigh 1.
+        Severity of each feedback kind; kinds absent here (and ``"none"``) weigh 1. The loss
+        weighs the explicit-negative head's positives by it, rescaled to mean 1 a batch (see
+        ``model.online._weighted_bce``), so severity ranks negatives without inflating p.
     lr
         Learning rate of the MLP's Adam (and of everything under ``"adam"`` / ``"adagrad"``).
         0.01: on the 200k-impression simulator stream 0.03 scored 0.003 AUC lower.
