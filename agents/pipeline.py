@@ -7,9 +7,9 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from faust.types import EventT, TableT
 
@@ -21,7 +21,6 @@ from schemas.kinds import NO_REACTION, kind_group
 from streams import metrics
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
-from streams.tables import partition_context
 from streams.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -134,8 +133,10 @@ class InputPipeline:
         # between replays the events (at-least-once) instead of losing their outputs.
         partitions = {user: partition for user, partition, _ in new_states}
         await self._publish(batch_out, sent_ms, partitions)
-        for user_id, partition, state in new_states:
-            self._store(user_id, partition, state, watermarks[partition])
+        await asyncio.gather(
+            *(self._store(user, partition, state, watermarks[partition])
+              for user, partition, state in new_states)
+        )  # fmt: skip
         if self.on_feedback is not None:
             for _, record in decoded.events:
                 if isinstance(record, Feedback):
@@ -171,14 +172,24 @@ class InputPipeline:
             clocks.append(clock + max(0.0, now - seen - idle_after))
         return max(floor, min(clocks) - self.settings.watermark_delay_s)
 
-    def _store(self, user_id: str, partition: int, state: dict[str, Any], watermark: float) -> None:
+    def _store(
+        self, user_id: str, partition: int, state: dict[str, Any], watermark: float
+    ) -> Awaitable[Any]:
+        """Replace the user's state and send it to the changelog partition the user lives on.
+
+        Returns the changelog send, so a batch can wait until its state is durable: the
+        shorter the gap after its outputs were delivered, the rarer an output is published
+        again after a crash.
+        """
         state["partition"] = partition
         state["watermark"] = max(state.get("watermark", 0.0), watermark)
-        with partition_context(self.impressions_topic, partition):
-            self.users[user_id] = state
+        table: Any = self.users
+        table.data[user_id] = state
+        sent = table.send_changelog(partition, user_id, state)
         deadline = user_state.next_deadline(state, self.settings)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))
+        return cast(Awaitable[Any], sent)
 
     async def close_due(self, partition: int) -> None:
         """Close every label window on ``partition`` that its clock has passed."""
@@ -204,8 +215,9 @@ class InputPipeline:
         if changed:
             _observe(closed.counts)
             await self._publish(closed, {}, {user: partition for user, _ in changed})
-            for user_id, state in changed:
-                self._store(user_id, partition, state, watermark)
+            await asyncio.gather(
+                *(self._store(user, partition, state, watermark) for user, state in changed)
+            )
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
     async def on_idle_tick(self) -> None:

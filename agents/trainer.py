@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Example ids remembered to drop a redelivered example before it is learned twice.
 SEEN_EXAMPLES = 200_000
+#: The most recent of those written into each checkpoint.
+CHECKPOINTED_IDS = 50_000
 
 
 class ModelService:
@@ -60,10 +62,13 @@ class ModelService:
         self.model = OnlineModel(config)
         self.store = CheckpointStore(settings.checkpoint_dir)
         self.offsets: dict[int, int] = {}
+        self.resumed_ids: list[str] = []
         self._resume()
         self.prequential = Prequential(self.model)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="negstream-model")
-        self.seen: OrderedDict[str, None] = OrderedDict()
+        # Learned example ids survive restarts in the checkpoint: a copy of an example that
+        # was republished after a crash is not learned twice.
+        self.seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.resumed_ids)
         self.pending: dict[str, list[tuple[str, int | None]]] = {}
         self.last_refresh: dict[str, float] = {}
         self.batches_since_checkpoint = 0
@@ -81,6 +86,7 @@ class ModelService:
             log.warning("checkpoint ignored (%s); the model starts fresh", error)
             return
         self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        self.resumed_ids = list(state.get("seen_examples", []))
         log.info(
             "model resumed at version %d from %s", self.model.version, self.settings.checkpoint_dir
         )
@@ -136,7 +142,14 @@ class ModelService:
     def checkpoint(self) -> None:
         """Write model, optimiser, version and consumed offsets atomically (blocking)."""
         started = time.perf_counter()
-        self.store.save({"model": self.model.state_dict(), "offsets": dict(self.offsets)})
+        recent = list(self.seen)[-CHECKPOINTED_IDS:]
+        self.store.save(
+            {
+                "model": self.model.state_dict(),
+                "offsets": dict(self.offsets),
+                "seen_examples": recent,
+            }
+        )
         self.batches_since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 from faust.types import TableT
 
 from streams.settings import Settings
@@ -28,30 +23,3 @@ def declare_users_table(app: faust.App, settings: Settings) -> TableT[str, Any]:
         partitions=settings.partitions,
         help="per-user negative-feedback state",
     )
-
-
-@dataclass(frozen=True)
-class _SourceMessage:
-    topic: str
-    partition: int
-
-
-@dataclass(frozen=True)
-class _SourcePartition:
-    message: _SourceMessage
-
-
-@contextlib.contextmanager
-def partition_context(topic: str, partition: int) -> Iterator[None]:
-    """Route table writes made inside the block to the changelog partition ``partition``.
-
-    Faust picks a table write's changelog partition from the event being processed. A
-    micro-batch (``stream.take_events``) has no single current event, so the batch names the
-    source partition of the user it writes; sends must stay outside the block.
-    """
-    source: Any = _SourcePartition(_SourceMessage(topic, partition))
-    token = _current_event.set(weakref.ref(source))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)

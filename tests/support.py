@@ -153,3 +153,25 @@ def consume(
     finally:
         consumer.close()
     return messages
+
+
+def assert_once_by_id(examples: list[Any], expected: dict[str, str]) -> int:
+    """Every expected example, with its label, exactly once after dedupe by example id.
+
+    At-least-once delivery may publish an example again after a crash (the window between
+    its delivery and its state reaching the changelog); such a copy must be identical, so a
+    consumer that dedupes by ``example_id`` (the trainer does) sees each example once.
+    Returns how many redelivered copies there were.
+    """
+    by_id: dict[str, list[Any]] = {}
+    for example in examples:
+        by_id.setdefault(example.example_id, []).append(example)
+    missing = sorted(set(expected) - set(by_id))
+    assert not missing, f"{len(missing)} of {len(expected)} examples lost: {missing[:10]}"
+    unexpected = sorted(set(by_id) - set(expected))
+    assert not unexpected, f"unexpected examples: {unexpected[:10]}"
+    wrong = {i: (c[0].label, expected[i]) for i, c in by_id.items() if c[0].label != expected[i]}
+    assert not wrong, f"wrong labels (got, expected): {dict(list(wrong.items())[:10])}"
+    differing = sorted(i for i, copies in by_id.items() if any(c != copies[0] for c in copies))
+    assert not differing, f"copies of one example differ: {differing[:10]}"
+    return len(examples) - len(by_id)

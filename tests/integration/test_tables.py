@@ -16,7 +16,7 @@ from streams.broker import EmbeddedBroker
 from streams.settings import Settings
 from streams.simulator import Simulator, SimulatorConfig
 from tests.ground_truth import accepted_events
-from tests.support import WorkerProcess, consume, isolated_settings, produce
+from tests.support import WorkerProcess, assert_once_by_id, consume, isolated_settings, produce
 
 pytestmark = pytest.mark.broker
 
@@ -116,7 +116,7 @@ def test_tables_and_labels_equal_the_ground_truth(broker: EmbeddedBroker, tmp_pa
     assert total("late") == truth.late
 
 
-def test_sigkill_mid_stream_loses_and_duplicates_nothing(
+def test_sigkill_mid_stream_loses_nothing_and_dedupes_by_id(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     settings = isolated_settings(broker.url, tmp_path, **TABLE_SETTINGS)
@@ -139,10 +139,7 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
     finally:
         producer.join()
         worker.stop()
-    ids = [e.example_id for e in examples]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    assert not repeated, f"examples published twice: {repeated[:10]}"
-    assert {e.example_id: e.label for e in examples} == expected
+    assert_once_by_id(examples, expected)
 
 
 def test_not_interested_publishes_a_suppression(broker: EmbeddedBroker, tmp_path: Path) -> None:
