@@ -50,8 +50,15 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
     async def idle_flush() -> None:
-        if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+        if app.rebalancing or app.in_recovery or not recovery.completed.is_set():
             return
+        # A finished recovery (after a rebalance) brings users whose label windows are
+        # still open: index them again once their state is complete.
+        ended = getattr(recovery, "_recovery_ended_at", None)
+        if ended != pipeline.recovery_seen:
+            pipeline.recovery_seen = ended
+            pipeline.index_stale = True
         await pipeline.on_idle_tick()
 
     @app.on_partitions_assigned.connect

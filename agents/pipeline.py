@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 Record = Impression | Feedback
 
+#: Seconds between rebuilds of the label-deadline index from the users table.
+REBUILD_EVERY_S = 30.0
+
 
 class InputPipeline:
     """Drives the pure per-user functions and keeps each partition's event-time watermark.
@@ -60,6 +63,8 @@ class InputPipeline:
         # the highest one is where the partition's watermark resumes.
         self.floor: dict[int, float] = {}
         self.index_stale = True
+        self.recovery_seen: float | None = None
+        self.last_rebuild = 0.0
         # Called with (user_id, event_id, produced_ms) for each feedback event: the model path.
         self.on_feedback: Callable[[str, str, int | None], None] | None = None
         # Batches and the idle timer both read, publish, then write user state; the lock
@@ -223,7 +228,9 @@ class InputPipeline:
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
         async with self.lock:
-            if self.index_stale:
+            # The periodic rebuild is a safety net: the index is derived from the table,
+            # so a user it ever missed is picked up again within REBUILD_EVERY_S.
+            if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
                 self.rebuild_index(self.users.items())
             for partition in list(self.deadlines):
                 await self.close_due(partition)
@@ -248,6 +255,7 @@ class InputPipeline:
         for heap in self.deadlines.values():
             heapq.heapify(heap)
         self.index_stale = False
+        self.last_rebuild = time.monotonic()
 
     async def _publish(
         self, out: user_state.Outputs, sent_ms: dict[str, int | None], partitions: dict[str, int]
