@@ -59,11 +59,18 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         if ended != pipeline.recovery_seen:
             pipeline.recovery_seen = ended
             pipeline.index_stale = True
+        pipeline.check_unread_inputs(app.consumer)
         await pipeline.on_idle_tick()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
         pipeline.index_stale = True
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        revoked = args[1] if len(args) > 1 else kwargs.get("revoked", ())
+        inputs = {pipeline.impressions_topic, pipeline.feedback_topic}
+        pipeline.forget_partitions(tp.partition for tp in revoked if tp.topic in inputs)
 
     @app.page("/users/{user_id}/")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any, cast
 
-from faust.types import EventT, TableT
+from faust.types import TP, EventT, TableT
 
 from agents import user_state
 from agents.ingest import RawMessage, decode_batch
@@ -29,6 +29,9 @@ Record = Impression | Feedback
 
 #: Seconds between rebuilds of the label-deadline index from the users table.
 REBUILD_EVERY_S = 30.0
+#: Longest wall time an input not yet read since its partition was assigned holds the
+#: partition's watermark, when the broker never says it has nothing to read.
+HOLD_UNREAD_MAX_S = 30.0
 
 
 class InputPipeline:
@@ -57,6 +60,8 @@ class InputPipeline:
         self.feedback_topic = topics.inputs.topics[1]
         self.clock: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
+        # Inputs not read yet that the broker says have nothing to read (see watermark()).
+        self.caught_up: set[tuple[str, int]] = set()
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
         self.first_seen: dict[int, tuple[float, float]] = {}
         # The watermark each user state was written under survives a restart in the table:
@@ -114,23 +119,18 @@ class InputPipeline:
         watermarks = {p: self.watermark(p) for p in touched}
         now = time.monotonic()
         for position, record in decoded.events:
-            partition = messages[position].partition
-            self.first_seen.setdefault(partition, (record.timestamp, now))
-            source = (messages[position].topic, partition)
-            self.clock[source] = max(self.clock.get(source, 0.0), record.timestamp)
-            self.last_input[source] = now
+            message = messages[position]
+            self.observe(message.topic, message.partition, record.timestamp, now)
         batch_out = user_state.Outputs()
         new_states: list[tuple[str, int, dict[str, Any]]] = []
         for user_id, positions in by_user.items():
             partition = messages[positions[-1]].partition
             batch = [records[p] for p in positions]
             watermark = watermarks[partition]
-            state, out = user_state.apply_events(
-                self.users.get(user_id), batch, self.settings, watermark
+            state, out = user_state.apply_and_advance(
+                self.users.get(user_id), batch, self.settings, watermark, user_id
             )
-            state, closed = user_state.advance(state, watermark, user_id, self.settings)
             batch_out.extend(out)
-            batch_out.extend(closed)
             new_states.append((user_id, partition, state))
         outcomes.update(batch_out.counts)
         sent_ms = {r.event_id: messages[p].timestamp_ms for p, r in decoded.events}
@@ -155,14 +155,24 @@ class InputPipeline:
     def _type_of(self, topic: str) -> str:
         return "impression" if topic == self.impressions_topic else "feedback"
 
+    def observe(self, topic: str, partition: int, timestamp: float, now: float) -> None:
+        """Move the clock of one input topic-partition on to an event read from it."""
+        self.first_seen.setdefault(partition, (timestamp, now))
+        source = (topic, partition)
+        self.clock[source] = max(self.clock.get(source, 0.0), timestamp)
+        self.last_input[source] = now
+
     def watermark(self, partition: int) -> float:
         """Event time up to which ``partition``'s label windows may close.
 
         The lower clock of the two inputs. An input that has been silent for longer than
-        ``idle_flush_s`` lets its clock run on with wall time from its last event, and an
-        input never read yet runs on from the partition's first event time: a quiet input
-        never freezes the watermark, and an input merely starved during catch-up (when event
-        time runs far faster than wall time) cannot let the other race ahead.
+        ``idle_flush_s`` lets its clock run on with wall time from its last event, so a
+        quiet input never freezes the watermark. An input not read yet since the partition
+        was assigned holds the watermark at its floor (where it stood when the state was
+        last written) until it is read, or the broker says it has nothing to read; only then
+        does it run on from the partition's first event time. Otherwise, after a restart or
+        a takeover, one input resumed further ahead than the other would close label windows
+        whose feedback is still to be read, and make that input's events look late.
         """
         floor = self.floor.get(partition, 0.0)
         first = self.first_seen.get(partition)
@@ -173,9 +183,47 @@ class InputPipeline:
         clocks = []
         for topic in (self.impressions_topic, self.feedback_topic):
             source = (topic, partition)
-            clock, seen = self.clock.get(source, first[0]), self.last_input.get(source, first[1])
+            if source in self.clock:
+                clock, seen = self.clock[source], self.last_input[source]
+            elif source in self.caught_up or now - first[1] > HOLD_UNREAD_MAX_S:
+                clock, seen = first
+            else:
+                return floor
             clocks.append(clock + max(0.0, now - seen - idle_after))
         return max(floor, min(clocks) - self.settings.watermark_delay_s)
+
+    def check_unread_inputs(self, consumer: Any) -> None:
+        """Mark inputs not read yet whose committed offset is already the end of the log."""
+        committed = getattr(consumer, "_committed_offset", {})
+        for partition in list(self.first_seen):
+            for topic in (self.impressions_topic, self.feedback_topic):
+                source = (topic, partition)
+                if source in self.clock or source in self.caught_up:
+                    continue
+                tp = TP(topic, partition)
+                try:
+                    end = consumer.highwater(tp)
+                except Exception:  # not assigned (any more): keep holding
+                    continue
+                if end is not None and end <= (committed.get(tp) or 0):
+                    self.caught_up.add(source)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the clocks of partitions this worker no longer owns.
+
+        Whoever owns a partition next starts its clocks afresh from the table's floor, so
+        stale clocks from an earlier ownership never push a watermark ahead.
+        """
+        for partition in set(partitions):
+            self.first_seen.pop(partition, None)
+            self.floor.pop(partition, None)
+            self.deadlines.pop(partition, None)
+            for topic in (self.impressions_topic, self.feedback_topic):
+                source = (topic, partition)
+                self.clock.pop(source, None)
+                self.last_input.pop(source, None)
+                self.caught_up.discard(source)
+        self.index_stale = True
 
     def _store(
         self, user_id: str, partition: int, state: dict[str, Any], watermark: float

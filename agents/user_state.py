@@ -11,8 +11,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from agents import windows
 from agents.suppression import fast_path_update
 from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
@@ -66,8 +64,60 @@ def new_state() -> State:
 
 
 def copy_state(state: State | None) -> State:
-    """A deep copy, so callers' state is never mutated."""
-    return new_state() if state is None else orjson.loads(orjson.dumps(state))
+    """A deep copy, so callers' state is never mutated.
+
+    Copies exactly the containers the functions here change; the rest (each pending
+    impression's features, window bucket keys) is never mutated, so it is shared.
+    """
+    if state is None:
+        return new_state()
+    copied = dict(state)
+    copied["topic_clock"] = dict(state["topic_clock"])
+    copied["seen"] = dict(state["seen"])
+    copied["short"] = {index: dict(bucket) for index, bucket in state["short"].items()}
+    copied["long"] = {index: dict(bucket) for index, bucket in state["long"].items()}
+    copied["pending"] = [{**p, "kinds": list(p["kinds"])} for p in state["pending"]]
+    copied["orphans"] = [dict(o) for o in state["orphans"]]
+    copied["candidates"] = [dict(c) for c in state["candidates"]]
+    copied["suppressions"] = [dict(x) for x in state["suppressions"]]
+    return copied
+
+
+class _Totals:
+    """Window totals at a user's current clock, merged once and kept up to date as counts
+    are added, so featurising many events of one user does not re-sum the buckets."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.long_step = long_step_s(settings)
+        self.key: tuple[int, int] | None = None
+        self.short_range = self.long_range = range(0)
+        self.short: dict[str, int] = {}
+        self.long: dict[str, int] = {}
+
+    def at(self, state: State) -> tuple[dict[str, int], dict[str, int]]:
+        """Merged (short, long) counters of the windows ending at ``state``'s clock."""
+        settings, clock = self.settings, state["clock"]
+        short = windows.window_buckets(clock, settings.window_short_s, settings.window_step_s)
+        long = windows.window_buckets(clock, settings.window_long_s, self.long_step)
+        if self.key != (short.start, long.start):
+            self.key = (short.start, long.start)
+            self.short_range, self.long_range = short, long
+            self.short = windows.merge(state["short"], short)
+            self.long = windows.merge(state["long"], long)
+        return self.short, self.long
+
+    def added(self, short_index: int, long_index: int, names: list[str]) -> None:
+        """Account for ``names`` just counted in these buckets."""
+        if self.key is None:
+            return
+        for index, window, merged in (
+            (short_index, self.short_range, self.short),
+            (long_index, self.long_range, self.long),
+        ):
+            if index in window:
+                for name in names:
+                    merged[name] = merged.get(name, 0) + 1
 
 
 def apply_events(
@@ -81,7 +131,23 @@ def apply_events(
     while a restarted worker reads a backlog (Kafka orders a user's events per topic).
     """
     state = copy_state(state)
+    return _apply(state, events, settings, watermark)
+
+
+def apply_and_advance(
+    state: State | None, events: list[Event], settings: Settings, watermark: float, user_id: str
+) -> tuple[State, Outputs]:
+    """:func:`apply_events` then :func:`advance` at the same watermark, copying once."""
+    state, out = _apply(copy_state(state), events, settings, watermark)
+    out.extend(_advance(state, watermark, user_id, settings))
+    return state, out
+
+
+def _apply(
+    state: State, events: list[Event], settings: Settings, watermark: float
+) -> tuple[State, Outputs]:
     out = Outputs()
+    totals = _Totals(settings)
     seen: dict[str, float] = state["seen"]
     for event in events:
         kind = "impression" if isinstance(event, Impression) else "feedback"
@@ -96,15 +162,15 @@ def apply_events(
         state["topic_clock"][kind] = max(topic_clock, event.timestamp)
         state["clock"] = max(state["clock"], event.timestamp)
         if isinstance(event, Impression):
-            _apply_impression(state, event, settings)
+            _apply_impression(state, event, settings, totals)
         else:
-            _apply_feedback(state, event, settings, out)
+            _apply_feedback(state, event, settings, out, totals)
         out.counts["accepted:" + kind] += 1
     _expire(state, settings)
     return state, out
 
 
-def _apply_impression(state: State, imp: Impression, settings: Settings) -> None:
+def _apply_impression(state: State, imp: Impression, settings: Settings, totals: _Totals) -> None:
     pending: dict[str, Any] = {
         "event_id": imp.event_id,
         "item_id": imp.item_id,
@@ -114,12 +180,12 @@ def _apply_impression(state: State, imp: Impression, settings: Settings) -> None
         "timestamp": imp.timestamp,
         "kinds": [],
         "label_ts": None,
-        "features": features(state, settings, imp.item_id, imp.creator_id, imp.category),
+        "features": _features(*totals.at(state), imp.item_id, imp.creator_id, imp.category),
     }
     names = ["imp", "i:" + imp.item_id]
     if imp.creator_id is not None:
         names.append("c:" + imp.creator_id)
-    _count(state, imp.timestamp, names, settings)
+    _count(state, imp.timestamp, names, settings, totals)
     remaining = []
     for orphan in state["orphans"]:
         if _joins(pending, orphan, settings):
@@ -136,7 +202,9 @@ def _apply_impression(state: State, imp: Impression, settings: Settings) -> None
     state["candidates"] = candidates[-settings.candidates_per_user :]
 
 
-def _apply_feedback(state: State, fb: Feedback, settings: Settings, out: Outputs) -> None:
+def _apply_feedback(
+    state: State, fb: Feedback, settings: Settings, out: Outputs, totals: _Totals
+) -> None:
     if fb.kind in NEGATIVE_KINDS:
         names = ["neg", "k:" + fb.kind]
         if fb.kind in EXPLICIT_NEGATIVE:
@@ -147,7 +215,7 @@ def _apply_feedback(state: State, fb: Feedback, settings: Settings, out: Outputs
             names.append("ng:" + fb.category)
     else:
         names = ["pos", "k:" + fb.kind]
-    _count(state, fb.timestamp, names, settings)
+    _count(state, fb.timestamp, names, settings, totals)
     orphan = {
         "item_id": fb.item_id,
         "request_id": fb.request_id,
@@ -161,8 +229,7 @@ def _apply_feedback(state: State, fb: Feedback, settings: Settings, out: Outputs
             break
     else:
         state["orphans"].append(orphan)
-    short = windows.window_buckets(state["clock"], settings.window_short_s, settings.window_step_s)
-    if windows.total(state["short"], short, "neg") > settings.abuse_negative_cap:
+    if totals.at(state)[0].get("neg", 0) > settings.abuse_negative_cap:
         if state["flagged_until"] <= fb.timestamp:
             out.counts["flagged"] += 1
             state["flagged_since"] = fb.timestamp
@@ -182,10 +249,14 @@ def _joins(pending: dict[str, Any], feedback: dict[str, Any], settings: Settings
     return -JOIN_SKEW_S <= delay <= settings.label_window_s
 
 
-def _count(state: State, timestamp: float, names: list[str], settings: Settings) -> None:
-    windows.add(state["short"], windows.bucket_of(timestamp, settings.window_step_s), names)
-    long_step = long_step_s(settings)
-    windows.add(state["long"], windows.bucket_of(timestamp, long_step), names)
+def _count(
+    state: State, timestamp: float, names: list[str], settings: Settings, totals: _Totals
+) -> None:
+    short = windows.bucket_of(timestamp, settings.window_step_s)
+    long = windows.bucket_of(timestamp, totals.long_step)
+    windows.add(state["short"], short, names)
+    windows.add(state["long"], long, names)
+    totals.added(short, long, names)
 
 
 def long_step_s(settings: Settings) -> float:
@@ -202,8 +273,11 @@ def advance(
     independently, so one user's impressions can run ahead of that user's feedback.
     """
     state = copy_state(state)
+    return state, _advance(state, watermark, user_id, settings)
+
+
+def _advance(state: State, now: float, user_id: str, settings: Settings) -> Outputs:
     out = Outputs()
-    now = watermark
     still_open = []
     for pending in state["pending"]:
         if pending["timestamp"] + settings.label_window_s > now:
@@ -216,7 +290,7 @@ def advance(
     kept = [o for o in state["orphans"] if o["timestamp"] + settings.label_window_s > now]
     out.counts["unmatched_feedback"] += len(state["orphans"]) - len(kept)
     state["orphans"] = kept
-    return state, out
+    return out
 
 
 def _flagged_during(state: State, pending: dict[str, Any], settings: Settings) -> bool:
@@ -315,24 +389,25 @@ def features(
     state: State, settings: Settings, item_id: str, creator_id: str | None, category: str | None
 ) -> dict[str, float]:
     """Dense features of one candidate for this user, named as :data:`FEATURE_NAMES`."""
-    clock = state["clock"]
-    short = windows.window_buckets(clock, settings.window_short_s, settings.window_step_s)
-    long = windows.window_buckets(clock, settings.window_long_s, long_step_s(settings))
-    s, lg = state["short"], state["long"]
-    short_imp = windows.total(s, short, "imp")
-    long_imp = windows.total(lg, long, "imp")
+    return _features(*_Totals(settings).at(state), item_id, creator_id, category)
+
+
+def _features(
+    short: dict[str, int],
+    long: dict[str, int],
+    item_id: str,
+    creator_id: str | None,
+    category: str | None,
+) -> dict[str, float]:
+    short_imp, long_imp = short.get("imp", 0), long.get("imp", 0)
     values = {
-        "neg_rate_short": windows.total(s, short, "neg") / short_imp if short_imp else 0.0,
-        "neg_rate_long": windows.total(lg, long, "neg") / long_imp if long_imp else 0.0,
-        "explicit_neg_long": float(windows.total(lg, long, "exp")),
-        "creator_neg_long": float(windows.total(lg, long, "nc:" + creator_id))
-        if creator_id
-        else 0.0,
-        "category_neg_long": float(windows.total(lg, long, "ng:" + category)) if category else 0.0,
-        "item_exposure": float(windows.total(lg, long, "i:" + item_id)),
-        "creator_exposure": float(windows.total(lg, long, "c:" + creator_id))
-        if creator_id
-        else 0.0,
+        "neg_rate_short": short.get("neg", 0) / short_imp if short_imp else 0.0,
+        "neg_rate_long": long.get("neg", 0) / long_imp if long_imp else 0.0,
+        "explicit_neg_long": float(long.get("exp", 0)),
+        "creator_neg_long": float(long.get("nc:" + creator_id, 0)) if creator_id else 0.0,
+        "category_neg_long": float(long.get("ng:" + category, 0)) if category else 0.0,
+        "item_exposure": float(long.get("i:" + item_id, 0)),
+        "creator_exposure": float(long.get("c:" + creator_id, 0)) if creator_id else 0.0,
         "impressions_long": float(long_imp),
     }
     return {name: values[name] for name in FEATURE_NAMES}
@@ -342,28 +417,8 @@ def features_many(
     state: State, settings: Settings, candidates: list[dict[str, Any]]
 ) -> list[dict[str, float]]:
     """:func:`features` of many candidates of one user, merging the window buckets once."""
-    clock = state["clock"]
-    short: Counter[str] = Counter()
-    for index in windows.window_buckets(clock, settings.window_short_s, settings.window_step_s):
-        short.update(state["short"].get(str(index), {}))
-    long: Counter[str] = Counter()
-    for index in windows.window_buckets(clock, settings.window_long_s, long_step_s(settings)):
-        long.update(state["long"].get(str(index), {}))
-    shared = {
-        "neg_rate_short": short["neg"] / short["imp"] if short["imp"] else 0.0,
-        "neg_rate_long": long["neg"] / long["imp"] if long["imp"] else 0.0,
-        "explicit_neg_long": float(long["exp"]),
-        "impressions_long": float(long["imp"]),
-    }
-    result = []
-    for candidate in candidates:
-        creator, category = candidate.get("creator_id"), candidate.get("category")
-        values = {
-            **shared,
-            "creator_neg_long": float(long["nc:" + creator]) if creator else 0.0,
-            "category_neg_long": float(long["ng:" + category]) if category else 0.0,
-            "item_exposure": float(long["i:" + candidate["item_id"]]),
-            "creator_exposure": float(long["c:" + creator]) if creator else 0.0,
-        }
-        result.append({name: values[name] for name in FEATURE_NAMES})
-    return result
+    short, long = _Totals(settings).at(state)
+    return [
+        _features(short, long, c["item_id"], c.get("creator_id"), c.get("category"))
+        for c in candidates
+    ]

@@ -54,6 +54,23 @@ def total(buckets: dict[str, dict[str, int]], window: range, name: str) -> int:
     return result
 
 
+def merge(buckets: dict[str, dict[str, int]], window: range) -> dict[str, int]:
+    """Every counter summed over the buckets of ``window``.
+
+    Examples
+    --------
+    >>> merge({"1": {"neg": 2}, "2": {"neg": 1, "imp": 4}, "9": {"neg": 5}}, range(0, 3))
+    {'neg': 3, 'imp': 4}
+    """
+    merged: dict[str, int] = {}
+    for index in window:
+        bucket = buckets.get(str(index))
+        if bucket:
+            for name, count in bucket.items():
+                merged[name] = merged.get(name, 0) + count
+    return merged
+
+
 def expire(buckets: dict[str, dict[str, int]], oldest: int) -> int:
     """Drop buckets older than index ``oldest``; return how many were dropped.
 

@@ -148,11 +148,6 @@ def start_all(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
 # --------------------------------------------------------------------------- 1. SIGKILL x3
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open: a SIGKILL can leave one impression labelled 'none' although its "
-    "feedback arrived (seen once in CI: imp-7-254-0, expected long_dwell)",
-)
 def test_three_sigkills_lose_nothing_and_the_model_resumes(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -306,11 +301,6 @@ def url_of(worker: WorkerProcess) -> str:
     return f"http://{worker.settings.metrics_host}:{worker.settings.metrics_port}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open: after a takeover some examples of the dead worker's open label "
-    "windows can be lost (2 and 10 of 3000 in two CI runs)",
-)
 def test_two_workers_split_partitions_and_the_survivor_takes_over(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:

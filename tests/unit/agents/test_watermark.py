@@ -1,0 +1,105 @@
+"""The per-partition event-time watermark of the input pipeline (no broker)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from agents.pipeline import HOLD_UNREAD_MAX_S, InputPipeline
+from streams.settings import Settings
+
+IMP, FB = "impressions", "feedback"
+
+
+def pipeline(**overrides: Any) -> InputPipeline:
+    settings = Settings(**{"watermark_delay_s": 5.0, "idle_flush_s": 2.0, **overrides})
+    topics: Any = SimpleNamespace(impressions_name=IMP, inputs=SimpleNamespace(topics=[IMP, FB]))
+    return InputPipeline(settings, topics, users=None)  # type: ignore[arg-type]
+
+
+class Consumer:
+    """The two things the pipeline asks a consumer: log end and committed offsets."""
+
+    def __init__(self, ends: dict[TP, int | None], committed: dict[TP, int]) -> None:
+        self.ends, self._committed_offset = ends, committed
+
+    def highwater(self, tp: TP) -> int | None:
+        if tp not in self.ends:
+            raise AssertionError("Partition is not assigned")
+        return self.ends[tp]
+
+
+def test_the_watermark_is_the_lower_input_clock_less_the_delay() -> None:
+    p, now = pipeline(), time.monotonic()
+    p.observe(IMP, 0, 1000.0, now)
+    p.observe(FB, 0, 900.0, now)
+    assert p.watermark(0) == 895.0
+    p.observe(FB, 0, 1100.0, now)
+    assert p.watermark(0) == 995.0
+
+
+def test_an_input_not_read_since_a_restart_holds_the_watermark_at_its_floor() -> None:
+    # After a restart the impressions resume far ahead of the feedback still to be read:
+    # until feedback is read, windows must not close past where the table left them.
+    p, now = pipeline(), time.monotonic()
+    p.floor[0] = 500.0
+    p.observe(IMP, 0, 1000.0, now)
+    assert p.watermark(0) == 500.0
+    p.observe(FB, 0, 700.0, now)
+    assert p.watermark(0) == 695.0
+
+
+def test_an_unread_input_at_the_end_of_its_log_stops_holding() -> None:
+    p, now = pipeline(), time.monotonic()
+    p.observe(IMP, 0, 1000.0, now)
+    consumer = Consumer({TP(FB, 0): 40, TP(IMP, 0): 90}, {TP(FB, 0): 12})
+    p.check_unread_inputs(consumer)
+    assert p.watermark(0) == 0.0, "feedback is still to be read"
+    consumer._committed_offset[TP(FB, 0)] = 40
+    p.check_unread_inputs(consumer)
+    assert p.watermark(0) == 995.0
+
+
+def test_an_empty_or_unfetched_input_log() -> None:
+    p, now = pipeline(), time.monotonic()
+    p.observe(IMP, 0, 1000.0, now)
+    p.check_unread_inputs(Consumer({TP(FB, 0): None}, {}))
+    assert p.watermark(0) == 0.0, "no fetch answered yet: nothing known"
+    p.check_unread_inputs(Consumer({}, {}))
+    assert p.watermark(0) == 0.0, "not assigned: keep holding"
+    p.check_unread_inputs(Consumer({TP(FB, 0): 0}, {}))
+    assert p.watermark(0) == 995.0
+
+
+def test_the_hold_on_an_unread_input_ends_after_a_bounded_wall_time() -> None:
+    p = pipeline()
+    p.observe(IMP, 0, 1000.0, time.monotonic() - HOLD_UNREAD_MAX_S - 1)
+    assert p.watermark(0) > 995.0
+
+
+def test_idle_inputs_let_event_time_run_on_with_wall_time() -> None:
+    p = pipeline()
+    long_ago = time.monotonic() - 12.0
+    p.observe(IMP, 0, 1000.0, long_ago)
+    p.observe(FB, 0, 1000.0, long_ago)
+    assert 1004.9 < p.watermark(0) < 1006.0  # 12 s idle, 2 s of them allowed, 5 s delay
+
+
+def test_forgetting_a_partition_drops_its_clocks_and_stale_idle_time() -> None:
+    # A partition owned earlier, then lost and taken back, must not resume from clocks
+    # whose last read lies far back in wall time: they would race ahead as if idle.
+    p = pipeline()
+    long_ago = time.monotonic() - 600.0
+    p.observe(IMP, 1, 1000.0, long_ago)
+    p.observe(FB, 1, 1000.0, long_ago)
+    p.floor[1] = 990.0
+    p.forget_partitions([1])
+    assert p.index_stale
+    assert p.watermark(1) == 0.0
+    p.observe(IMP, 1, 1010.0, time.monotonic())
+    assert p.watermark(1) == 0.0
+    p.observe(FB, 1, 1020.0, time.monotonic())
+    assert p.watermark(1) == 1005.0
