@@ -72,6 +72,11 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         inputs = {pipeline.impressions_topic, pipeline.feedback_topic}
         pipeline.forget_partitions(tp.partition for tp in revoked if tp.topic in inputs)
 
+    @app.on_before_shutdown.connect
+    async def close_outputs(*args: Any, **kwargs: Any) -> None:
+        await topics.outputs.stop()
+        await pipeline.changelog.stop()
+
     @app.page("/users/{user_id}/")
     async def user_view(web: Any, request: Any, user_id: str) -> Any:
         if not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ from schemas.codec import encode
 from schemas.events import Feedback, Impression
 from schemas.kinds import NO_REACTION, kind_group
 from streams import metrics
+from streams.output import OutputProducer
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.topics import Topics
@@ -56,6 +57,9 @@ class InputPipeline:
         self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
         self.topics = topics
         self.users = users
+        # The users table's changelog is written here, a batch per partition, rather than
+        # one record at a time through Faust's producer.
+        self.changelog = OutputProducer(settings, "changelog")
         self.impressions_topic = topics.impressions_name
         self.feedback_topic = topics.inputs.topics[1]
         self.clock: dict[tuple[str, int], float] = {}
@@ -138,10 +142,7 @@ class InputPipeline:
         # between replays the events (at-least-once) instead of losing their outputs.
         partitions = {user: partition for user, partition, _ in new_states}
         await self._publish(batch_out, sent_ms, partitions)
-        await asyncio.gather(
-            *(self._store(user, partition, state, watermarks[partition])
-              for user, partition, state in new_states)
-        )  # fmt: skip
+        await self._write_states(new_states, watermarks.__getitem__)
         if self.on_feedback is not None:
             for _, record in decoded.events:
                 if isinstance(record, Feedback):
@@ -227,22 +228,40 @@ class InputPipeline:
 
     def _store(
         self, user_id: str, partition: int, state: dict[str, Any], watermark: float
-    ) -> Awaitable[Any]:
-        """Replace the user's state and send it to the changelog partition the user lives on.
-
-        Returns the changelog send, so a batch can wait until its state is durable: the
-        shorter the gap after its outputs were delivered, the rarer an output is published
-        again after a crash.
-        """
+    ) -> tuple[bytes | None, bytes]:
+        """Replace the user's state in the table; return its changelog record."""
         state["partition"] = partition
         state["watermark"] = max(state.get("watermark", 0.0), watermark)
         table: Any = self.users
         table.data[user_id] = state
-        sent = table.send_changelog(partition, user_id, state)
         deadline = user_state.next_deadline(state, self.settings)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))
-        return cast(Awaitable[Any], sent)
+        topic = table.changelog_topic
+        key, _ = topic.prepare_key(user_id, table.key_serializer)
+        value, _ = topic.prepare_value(state, table.value_serializer)
+        return key, value
+
+    async def _write_states(
+        self, states: Iterable[tuple[str, int, dict[str, Any]]], watermark: Callable[[int], float]
+    ) -> None:
+        """Store each ``(user, partition, state)`` and wait until the changelog has them all.
+
+        Each partition's records go out as one batch: a batch's state is durable after about
+        one round trip, so the gap after its outputs were delivered, in which a crash makes
+        an output be published again, stays short.
+        """
+        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        for user, partition, state in states:
+            by_partition[partition].append(
+                self._store(user, partition, state, watermark(partition))
+            )
+        topic = cast(Any, self.users).changelog_topic.get_topic_name()
+        pending = []
+        for partition, records in by_partition.items():
+            pending += await self.changelog.send_partition(topic, partition, records)
+        if pending:
+            await asyncio.gather(*pending)
 
     async def close_due(self, partition: int) -> None:
         """Close every label window on ``partition`` that its clock has passed."""
@@ -268,8 +287,8 @@ class InputPipeline:
         if changed:
             _observe(closed.counts)
             await self._publish(closed, {}, {user: partition for user, _ in changed})
-            await asyncio.gather(
-                *(self._store(user, partition, state, watermark) for user, state in changed)
+            await self._write_states(
+                ((user, partition, state) for user, state in changed), lambda _: watermark
             )
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
@@ -320,7 +339,7 @@ class InputPipeline:
             partition = partitions.get(update.user_id) if hide else None
             value = encode(replace(update, user_id=user) if hide else update)
             pending.append(
-                await self.topics.scores.send(key=user.encode(), value=value, partition=partition)
+                await self.topics.publish(self.topics.scores, user.encode(), value, partition)
             )
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
@@ -329,7 +348,7 @@ class InputPipeline:
             partition = partitions.get(example.user_id) if hide else None
             value = encode(replace(example, user_id=user) if hide else example)
             pending.append(
-                await self.topics.examples.send(key=user.encode(), value=value, partition=partition)
+                await self.topics.publish(self.topics.examples, user.encode(), value, partition)
             )
         if pending:
             await asyncio.gather(*pending)

@@ -209,8 +209,8 @@ class ModelService:
             self.last_refresh[user] = now
             partition = state.get("partition") if self.pseudonym.enabled else None
             pending.append(
-                await self.topics.scores.send(
-                    key=published_id.encode(), value=encode(update), partition=partition
+                await self.topics.publish(
+                    self.topics.scores, published_id.encode(), encode(update), partition
                 )
             )
         await asyncio.gather(*pending)

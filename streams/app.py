@@ -6,8 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.settings import Settings
+
+_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _with_fetch_wait(thread: Any, transport: Any) -> Any:
+    # Faust fixes the consumer's fetch wait at 1.5 s. A broker that holds a fetch for the
+    # whole wait when little data is ready (Tansu does) adds that wait to every hop from
+    # producer to worker; ``fetch_max_wait_ms`` on the app shortens it.
+    consumer = _create_worker_consumer(thread, transport)
+    wait = getattr(thread.app, "negstream_fetch_max_wait_ms", None)
+    if wait is not None:
+        consumer._fetch_max_wait_ms = wait
+    return consumer
+
+
+AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_wait  # type: ignore[method-assign,assignment]
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -32,7 +49,7 @@ def broker_credentials(settings: Settings) -> Any:
 def build_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``; agents are registered by the worker."""
     datadir = Path(settings.data_dir) / "faust"
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=broker_credentials(settings),
@@ -57,3 +74,5 @@ def build_app(settings: Settings) -> faust.App:
         web_in_thread=False,
         table_standby_replicas=0,
     )
+    app.negstream_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    return app

@@ -114,6 +114,10 @@ class Settings:
     """NEGSTREAM_HEARTBEAT_S: consumer heartbeat interval (Tansu: 0.5; Kafka: 3)."""
     producer_max_batch_size: int = 1
     """NEGSTREAM_PRODUCER_MAX_BATCH_SIZE: producer batch bytes (Tansu: 1; Kafka: 16384+)."""
+    output_linger_ms: int = 2
+    """NEGSTREAM_OUTPUT_LINGER_MS: batching delay of examples and score updates."""
+    fetch_max_wait_ms: int = 10
+    """NEGSTREAM_FETCH_MAX_WAIT_MS: longest a fetch waits at the broker (Tansu: 10; Kafka: 100+)."""
     security_protocol: str = "PLAINTEXT"
     """NEGSTREAM_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: str = "PLAIN"
@@ -153,10 +157,13 @@ class Settings:
         positive = (
             "partitions", "batch_size", "window_short_s", "window_long_s", "window_step_s",
             "label_window_s", "train_batch_size", "drift_interval_s", "max_payload_bytes",
+            "fetch_max_wait_ms",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be > 0")
+        if self.output_linger_ms < 0:
+            raise SettingsError(f"{PREFIX}OUTPUT_LINGER_MS must be >= 0")
         if self.window_long_s < self.window_short_s:
             raise SettingsError("NEGSTREAM_WINDOW_LONG_S must be >= NEGSTREAM_WINDOW_SHORT_S")
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 from faust.types import TopicT
 
+from streams.output import OutputProducer
 from streams.settings import Settings
 
 
@@ -20,6 +23,16 @@ class Topics:
     scores: TopicT
     drift: TopicT
     dead_letters: TopicT
+    outputs: OutputProducer
+
+    async def publish(
+        self, topic: TopicT, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> asyncio.Future[Any]:
+        """Send one output record through the batching producer.
+
+        Returns the delivery future: await it (or gather many) to know the broker has it.
+        """
+        return await self.outputs.send(topic.get_topic_name(), key, value, partition)
 
     @property
     def impressions_name(self) -> str:
@@ -46,4 +59,5 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         scores=raw(settings.topic("scores")),
         drift=raw(settings.topic("drift")),
         dead_letters=raw(settings.topic("dead_letters")),
+        outputs=OutputProducer(settings),
     )

@@ -35,4 +35,8 @@ def run_worker(settings: Settings) -> None:
         flush=True,
     )
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner lowers the root logger to DEBUG so that every log call can
+    # spin it: each debug line of Faust and aiokafka would then build a record on the hot
+    # path. The worker's output is a log, not a terminal animation.
+    worker.spinner = None
     worker.execute_from_commandline()
