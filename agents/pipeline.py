@@ -132,7 +132,7 @@ class InputPipeline:
             batch = [records[p] for p in positions]
             watermark = watermarks[partition]
             state, out = user_state.apply_and_advance(
-                self.users.get(user_id), batch, self.settings, watermark, user_id
+                cast(Any, self.users).data.get(user_id), batch, self.settings, watermark, user_id
             )
             batch_out.extend(out)
             new_states.append((user_id, partition, state))
@@ -273,7 +273,7 @@ class InputPipeline:
         closed = user_state.Outputs()
         changed: list[tuple[str, dict[str, Any]]] = []
         for user_id in due:
-            current = self.users.get(user_id)
+            current = cast(Any, self.users).data.get(user_id)
             if current is None:
                 continue
             state, out = user_state.advance(current, watermark, user_id, self.settings)

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -172,7 +172,7 @@ class ModelService:
         triggers: dict[str, list[tuple[str, int | None]]] = {}
         for user in due:
             triggers[user] = self.pending.pop(user)
-            state = self.users.get(user)
+            state = cast(Any, self.users).data.get(user)
             if state and state.get("candidates"):
                 states[user] = state
         if not states:

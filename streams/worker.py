@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
@@ -22,7 +23,27 @@ def create_app(settings: Settings) -> faust.App:
     app = build_app(settings)
     agents.register(app, settings)
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="negstream")
+    for metric in cast(Any, app.monitor)._metrics:
+        cache_labels(metric)
     return app
+
+
+def cache_labels(metric: Any) -> None:
+    """Memoise ``metric.labels``: Faust's sensor looks up labelled children for every
+    message in and out, and prometheus_client validates and locks on each lookup."""
+    if not getattr(metric, "_labelnames", ()):
+        return
+    lookup = metric.labels
+    children: dict[tuple[Any, ...], Any] = {}
+
+    def labels(*values: Any, **named: Any) -> Any:
+        key = (values, tuple(named.items()))
+        child = children.get(key)
+        if child is None:
+            child = children[key] = lookup(*values, **named)
+        return child
+
+    metric.labels = labels
 
 
 def run_worker(settings: Settings) -> None:
