@@ -257,11 +257,15 @@ class InputPipeline:
                 self._store(user, partition, state, watermark(partition))
             )
         topic = cast(Any, self.users).changelog_topic.get_topic_name()
-        pending = []
-        for partition, records in by_partition.items():
-            pending += await self.changelog.send_partition(topic, partition, records)
-        if pending:
-            await asyncio.gather(*pending)
+
+        async def send() -> list[asyncio.Future[Any]]:
+            pending = []
+            for partition, records in by_partition.items():
+                pending += await self.changelog.send_partition(topic, partition, records)
+            return pending
+
+        if by_partition:
+            await self.changelog.deliver(send)
 
     async def close_due(self, partition: int) -> None:
         """Close every label window on ``partition`` that its clock has passed."""
@@ -332,26 +336,26 @@ class InputPipeline:
         With pseudonymous ids the key no longer hashes to the user's partition, so each
         record names its partition explicitly: outputs stay co-partitioned with the input.
         """
-        pending = []
         hide = self.pseudonym.enabled
+        records: list[tuple[Any, bytes, bytes, int | None]] = []
         for update in out.updates:
             user = self.pseudonym(update.user_id)
             partition = partitions.get(update.user_id) if hide else None
             value = encode(replace(update, user_id=user) if hide else update)
-            pending.append(
-                await self.topics.publish(self.topics.scores, user.encode(), value, partition)
-            )
+            records.append((self.topics.scores, user.encode(), value, partition))
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
             metrics.EXAMPLES.labels(group).inc()
             user = self.pseudonym(example.user_id)
             partition = partitions.get(example.user_id) if hide else None
             value = encode(replace(example, user_id=user) if hide else example)
-            pending.append(
-                await self.topics.publish(self.topics.examples, user.encode(), value, partition)
-            )
-        if pending:
-            await asyncio.gather(*pending)
+            records.append((self.topics.examples, user.encode(), value, partition))
+
+        async def send() -> list[asyncio.Future[Any]]:
+            return [await self.topics.publish(*record) for record in records]
+
+        if records:
+            await self.topics.outputs.deliver(send)
         for update in out.updates:
             metrics.SCORE_UPDATES.labels(update.source).inc()
             for event_id in update.trigger_event_ids:

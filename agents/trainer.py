@@ -188,7 +188,7 @@ class ModelService:
         loop = asyncio.get_running_loop()
         p_negative, version = await loop.run_in_executor(self.executor, self._score, rows)
         metrics.SCORE_REFRESH_SECONDS.observe(time.perf_counter() - started)
-        pending = []
+        records: list[tuple[Any, bytes, bytes, int | None]] = []
         by_user: dict[str, list[ItemScore]] = {}
         for row, owner, p in zip(rows, owners, p_negative.tolist(), strict=True):
             by_user.setdefault(owner, []).append(
@@ -208,15 +208,15 @@ class ModelService:
             )
             self.last_refresh[user] = now
             partition = state.get("partition") if self.pseudonym.enabled else None
-            pending.append(
-                await self.topics.publish(
-                    self.topics.scores, published_id.encode(), encode(update), partition
-                )
-            )
-        await asyncio.gather(*pending)
+            records.append((self.topics.scores, published_id.encode(), encode(update), partition))
+
+        async def send() -> list[asyncio.Future[Any]]:
+            return [await self.topics.publish(*record) for record in records]
+
+        await self.topics.outputs.deliver(send)
         sent = time.time()
         metrics.LAST_SCORE_TIMESTAMP.set(sent)
-        metrics.SCORE_UPDATES.labels("model").inc(len(pending))
+        metrics.SCORE_UPDATES.labels("model").inc(len(records))
         for user in by_user:
             for _, produced_ms in triggers[user]:
                 if produced_ms:

@@ -10,13 +10,21 @@ partition with :meth:`OutputProducer.send_partition`.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from streams.app import broker_credentials
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between two attempts to deliver records while the broker is away.
+MAX_RETRY_DELAY_S = 5.0
 
 #: Largest output request: a dead letter carries up to the largest accepted payload.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -30,10 +38,13 @@ class OutputProducer:
         self.role = role
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Lock | None = None
+        self._closed = False
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is not None:
             return self._producer
+        if self._closed:
+            raise RuntimeError(f"the {self.role} producer is stopped")
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
@@ -47,9 +58,35 @@ class OutputProducer:
                     max_request_size=MAX_REQUEST_BYTES,
                     **credentials_to_aiokafka_auth(broker_credentials(self.settings)),
                 )
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
                 self._producer = producer
         return self._producer
+
+    async def deliver(self, send: Callable[[], Awaitable[list[asyncio.Future[Any]]]]) -> None:
+        """Run ``send`` (which queues records) and wait until the broker has all of them.
+
+        While the broker is unreachable the records are sent again, with a growing pause,
+        until they are delivered: the caller waits (back-pressure) instead of failing, and a
+        record may be written twice, which readers of these topics tolerate.
+        """
+        delay = 0.2
+        while True:
+            try:
+                await asyncio.gather(*await send())
+                return
+            except KafkaError as error:
+                if self._closed:
+                    raise
+                log.warning(
+                    "%s not delivered (%s: %s); sending again in %.1f s",
+                    self.role, type(error).__name__, error, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, MAX_RETRY_DELAY_S)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
@@ -92,6 +129,7 @@ class OutputProducer:
 
     async def stop(self) -> None:
         """Deliver what is queued and close the connection."""
+        self._closed = True
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.output import OutputProducer
 from tests.support import isolated_settings
 
@@ -19,10 +21,15 @@ pytestmark = pytest.mark.broker
 
 
 def new_topic(bootstrap: list[str], partitions: int) -> str:
-    name = f"output-{uuid.uuid4().hex[:8]}"
+    return new_topic_named(bootstrap, f"output-{uuid.uuid4().hex[:8]}", partitions)
+
+
+def new_topic_named(bootstrap: list[str], name: str, partitions: int = 1) -> str:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass  # created by the broker on first use
     finally:
         admin.close()
     return name
@@ -94,3 +101,37 @@ def test_outputs_are_delivered_when_awaited(broker: EmbeddedBroker, tmp_path: Pa
         return (await read_back(settings.bootstrap_servers, TopicPartition(topic, 0)))[1]
 
     assert asyncio.run(run()) == [b"v%d" % n for n in range(200)]
+
+
+def test_delivery_waits_for_a_broker_that_is_away(tmp_path: Path) -> None:
+    # No broker on the port at first: delivery keeps trying instead of failing, and
+    # completes once a broker is there.
+    port = free_port()
+    settings = isolated_settings(f"kafka://127.0.0.1:{port}", tmp_path)
+    topic = f"late-{uuid.uuid4().hex[:8]}"
+    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu.log")
+
+    async def run() -> list[bytes]:
+        producer = OutputProducer(settings)
+        try:
+
+            async def send() -> list[asyncio.Future[Any]]:
+                return [await producer.send(topic, b"k", b"v%d" % n, partition=0) for n in range(3)]
+
+            delivery = asyncio.create_task(producer.deliver(send))
+            await asyncio.sleep(2.0)
+            assert not delivery.done(), "delivered with no broker"
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, broker.start)
+            await loop.run_in_executor(None, new_topic_named, settings.bootstrap_servers, topic)
+            await asyncio.wait_for(delivery, 90)
+        finally:
+            await producer.stop()
+        return (await read_back(settings.bootstrap_servers, TopicPartition(topic, 0)))[1]
+
+    try:
+        values = asyncio.run(run())
+    finally:
+        broker.stop()
+    assert values[-3:] == [b"v0", b"v1", b"v2"]
+    assert set(values) == {b"v0", b"v1", b"v2"}, "only copies of the records were written"
