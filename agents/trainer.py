@@ -57,7 +57,11 @@ class ModelService:
         self.users = users
         torch.set_num_threads(max(1, settings.torch_threads))
         config = ModelConfig(
-            device=settings.device, features=FEATURE_NAMES, buckets=settings.model_buckets
+            device=settings.device,
+            features=FEATURE_NAMES,
+            buckets=settings.model_buckets,
+            # Id pairs are ~4x as many as ids: 2**20 at the default 2**18 buckets.
+            cross_buckets=4 * settings.model_buckets,
         )
         self.model = OnlineModel(config)
         self.store = CheckpointStore(settings.checkpoint_dir)
@@ -82,8 +86,10 @@ class ModelService:
             return
         try:
             self.model.load_state_dict(state["model"])
-        except (KeyError, ValueError) as error:
+        except (KeyError, ValueError, RuntimeError) as error:
+            # A checkpoint of another model shape (e.g. written before an upgrade).
             log.warning("checkpoint ignored (%s); the model starts fresh", error)
+            self.model = OnlineModel(self.model.config)
             return
         self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
         self.resumed_ids = list(state.get("seen_examples", []))

@@ -13,12 +13,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS, IMPLICIT_NEGATIVE, ModelConfig
+from model.config import (
+    ENGAGEMENT,
+    EXPLICIT_NEGATIVE,
+    HEADS,
+    ID_FIELDS,
+    IMPLICIT_NEGATIVE,
+    ModelConfig,
+)
 from model.hashing import FeatureHasher
 
 __all__ = ["CandidateBatch", "ExampleBatch", "squash"]
 
-_ID_FIELDS = ("user", "item", "creator", "category")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _HEAD_OF_KIND: Mapping[str, int] = {
     **dict.fromkeys(EXPLICIT_NEGATIVE, HEADS.index("explicit_negative")),
@@ -30,7 +36,7 @@ _HEAD_OF_KIND: Mapping[str, int] = {
 @functools.lru_cache(maxsize=8)
 def _hashers(buckets: int) -> tuple[FeatureHasher, ...]:
     # Shared per bucket count so every batch builder reuses the same id caches.
-    return tuple(FeatureHasher(name, buckets) for name in _ID_FIELDS)
+    return tuple(FeatureHasher(name, buckets) for name in ID_FIELDS)
 
 
 def squash(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -102,12 +102,12 @@ def test_adversarial_perturbation_raises_the_loss() -> None:
     batch = ExampleBatch.from_examples(
         [row(f"i{i}", "c1", "news", "hide" if i % 2 else "click") for i in range(32)], CONFIG
     )
-    ids, dense = model._tensors(batch)
+    ids, dense, wide_rows = model._tensors(batch)
     targets = torch.from_numpy(batch.targets)
     weights = torch.from_numpy(batch.weights)
     embedded = model._net.embed(ids)
-    clean = _weighted_bce(model._net.head(embedded, dense), targets, weights)
-    adversarial = model._adversarial_loss(clean, ids, embedded, dense, targets, weights)
+    clean = _weighted_bce(model._net.head(embedded, dense, wide_rows), targets, weights)
+    adversarial = model._adversarial_loss(clean, ids, embedded, dense, wide_rows, targets, weights)
     assert adversarial.item() > clean.item()
 
 
