@@ -90,7 +90,7 @@ class Settings:
     """NEGSTREAM_TORCH_THREADS: torch intra-op threads for training and scoring."""
     score_refresh_s: float = 0.1
     """NEGSTREAM_SCORE_REFRESH_S: how often touched users are rescored."""
-    score_min_interval_s: float = 1.0
+    score_min_interval_s: float = 0.5
     """NEGSTREAM_SCORE_MIN_INTERVAL_S: at most one model ScoreUpdate per user this often."""
     drift_reference_periods: int = 5
     """NEGSTREAM_DRIFT_REFERENCE_PERIODS: report periods that form the rolling reference."""
