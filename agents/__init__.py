@@ -59,7 +59,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         if ended != pipeline.recovery_seen:
             pipeline.recovery_seen = ended
             pipeline.index_stale = True
-        pipeline.check_unread_inputs(app.consumer)
+        pipeline.check_inputs(app.consumer)
         await pipeline.on_idle_tick()
 
     @app.on_partitions_assigned.connect

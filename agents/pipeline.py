@@ -64,7 +64,12 @@ class InputPipeline:
         self.feedback_topic = topics.inputs.topics[1]
         self.clock: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
-        # Inputs not read yet that the broker says have nothing to read (see watermark()).
+        # Next offset to process of each input read so far, and the inputs the broker says
+        # have records this worker has not processed yet (see watermark()).
+        self.next_offset: dict[tuple[str, int], int] = {}
+        # Latest wall time at which each input was found to have nothing left to read.
+        self.quiet_at: dict[tuple[str, int], float] = {}
+        # Inputs not read yet that the broker says have nothing to read.
         self.caught_up: set[tuple[str, int]] = set()
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
         self.first_seen: dict[int, tuple[float, float]] = {}
@@ -122,6 +127,19 @@ class InputPipeline:
         touched = {m.partition for m in messages}
         watermarks = {p: self.watermark(p) for p in touched}
         now = time.monotonic()
+        for message in messages:
+            # Every message read counts towards being caught up, rejected ones too.
+            source = (message.topic, message.partition)
+            expected = self.next_offset.get(source)
+            if expected is not None and message.offset > expected:
+                metrics.INPUT_OFFSET_GAPS.labels(self._type_of(message.topic)).inc(
+                    message.offset - expected
+                )
+                log.warning(
+                    "input %s[%d]: offsets %d..%d were never handed to the input agent",
+                    message.topic, message.partition, expected, message.offset - 1,
+                )  # fmt: skip
+            self.next_offset[source] = max(expected or 0, message.offset + 1)
         for position, record in decoded.events:
             message = messages[position]
             self.observe(message.topic, message.partition, record.timestamp, now)
@@ -156,23 +174,31 @@ class InputPipeline:
     def _type_of(self, topic: str) -> str:
         return "impression" if topic == self.impressions_topic else "feedback"
 
-    def observe(self, topic: str, partition: int, timestamp: float, now: float) -> None:
+    def observe(
+        self, topic: str, partition: int, timestamp: float, now: float, offset: int | None = None
+    ) -> None:
         """Move the clock of one input topic-partition on to an event read from it."""
         self.first_seen.setdefault(partition, (timestamp, now))
         source = (topic, partition)
         self.clock[source] = max(self.clock.get(source, 0.0), timestamp)
         self.last_input[source] = now
+        if offset is not None:
+            self.next_offset[source] = max(self.next_offset.get(source, 0), offset + 1)
 
     def watermark(self, partition: int) -> float:
         """Event time up to which ``partition``'s label windows may close.
 
-        The lower clock of the two inputs. An input that has been silent for longer than
-        ``idle_flush_s`` lets its clock run on with wall time from its last event, so a
-        quiet input never freezes the watermark. An input not read yet since the partition
-        was assigned holds the watermark at its floor (where it stood when the state was
-        last written) until it is read, or the broker says it has nothing to read; only then
-        does it run on from the partition's first event time. Otherwise, after a restart or
-        a takeover, one input resumed further ahead than the other would close label windows
+        The lower clock of the two inputs. An input silent for longer than ``idle_flush_s``
+        lets its clock run on with wall time from its last event, so a quiet input never
+        freezes the watermark; only wall time up to the latest check that found it with
+        nothing left to read counts (:meth:`check_inputs`), so an input the worker is merely
+        behind on, or paused on (e.g. in a rebalance), never runs on.
+
+        An input not read yet since the partition was assigned holds the watermark at its
+        floor (where it stood when the state was last written) until it is read, or the
+        broker says it has nothing to read; only then does it run on from the partition's
+        first event time. Otherwise, after a restart or a
+        takeover, one input resumed further ahead than the other would close label windows
         whose feedback is still to be read, and make that input's events look late.
         """
         floor = self.floor.get(partition, 0.0)
@@ -190,23 +216,36 @@ class InputPipeline:
                 clock, seen = first
             else:
                 return floor
-            clocks.append(clock + max(0.0, now - seen - idle_after))
+            clocks.append(clock + max(0.0, self.quiet_at.get(source, seen) - seen - idle_after))
         return max(floor, min(clocks) - self.settings.watermark_delay_s)
 
-    def check_unread_inputs(self, consumer: Any) -> None:
-        """Mark inputs not read yet whose committed offset is already the end of the log."""
+    def check_inputs(self, consumer: Any) -> None:
+        """Ask the consumer which inputs have records this worker has not processed yet.
+
+        An input with nothing left remembers the time of the check (its clock may run on up
+        to then, see :meth:`watermark`). Compares the log end offset of the latest fetch (a
+        fetch reports it correctly on Tansu too) with the next offset to process: the last
+        one processed plus one, or the committed offset for an input not read yet. An input
+        whose end is not known yet counts as behind.
+        """
         committed = getattr(consumer, "_committed_offset", {})
+        now = time.monotonic()
         for partition in list(self.first_seen):
             for topic in (self.impressions_topic, self.feedback_topic):
                 source = (topic, partition)
-                if source in self.clock or source in self.caught_up:
-                    continue
                 tp = TP(topic, partition)
                 try:
                     end = consumer.highwater(tp)
-                except Exception:  # not assigned (any more): keep holding
+                except Exception:  # not assigned (any more): leave as it is
                     continue
-                if end is not None and end <= (committed.get(tp) or 0):
+                position = self.next_offset.get(source)
+                if position is None:
+                    position = committed.get(tp) or 0
+                if end is None or end > position:
+                    self.quiet_at.pop(source, None)
+                    continue
+                self.quiet_at[source] = now
+                if source not in self.clock:
                     self.caught_up.add(source)
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
@@ -223,6 +262,8 @@ class InputPipeline:
                 source = (topic, partition)
                 self.clock.pop(source, None)
                 self.last_input.pop(source, None)
+                self.next_offset.pop(source, None)
+                self.quiet_at.pop(source, None)
                 self.caught_up.discard(source)
         self.index_stale = True
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.settings import Settings
@@ -25,6 +26,27 @@ def _with_fetch_wait(thread: Any, transport: Any) -> Any:
 
 
 AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_wait  # type: ignore[method-assign,assignment]
+
+_wait_next_records = Consumer._wait_next_records
+
+
+async def _drop_fetches_across_a_rebalance(consumer: Any, timeout: float) -> Any:
+    # A fetch sent before a rebalance can answer after it, from the position the consumer
+    # had before it was sought back to the committed offsets. Faust takes its records for
+    # the new generation: it sees the offsets it skips as a gap, counts them as processed
+    # and commits past them, and drops them when they are fetched again. Records of the
+    # committed (input) topics fetched across a rebalance are dropped here instead; the
+    # rebalance seeks those partitions to their committed offsets, so they are fetched
+    # again. Other records (table recovery reading a changelog) are kept.
+    generation = consumer.app.consumer_generation_id
+    records, active = await _wait_next_records(consumer, timeout)
+    if records and consumer.app.consumer_generation_id != generation:
+        committed = consumer.app.topics.acks_enabled_for
+        records = {tp: batch for tp, batch in records.items() if not committed(tp.topic)}
+    return records, active
+
+
+Consumer._wait_next_records = _drop_fetches_across_a_rebalance  # type: ignore[method-assign,assignment]
 
 
 def broker_credentials(settings: Settings) -> Any:

@@ -26,6 +26,12 @@ BATCH_EVENTS = Histogram(
     "Events in one input micro-batch.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
 )
+INPUT_OFFSET_GAPS = Counter(
+    "negstream_input_offset_gaps_total",
+    "Input offsets skipped between two messages this worker read from one partition "
+    "(records it was never handed; transaction markers of upstream producers count too).",
+    ["topic"],
+)
 EXAMPLES = Counter(
     "negstream_examples_total", "Training examples published, by label group.", ["label_group"]
 )
