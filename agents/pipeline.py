@@ -64,13 +64,10 @@ class InputPipeline:
         self.feedback_topic = topics.inputs.topics[1]
         self.clock: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
-        # Next offset to process of each input read so far, and the inputs the broker says
-        # have records this worker has not processed yet (see watermark()).
+        # Next offset to process of each input read so far (see check_inputs()).
         self.next_offset: dict[tuple[str, int], int] = {}
         # Latest wall time at which each input was found to have nothing left to read.
         self.quiet_at: dict[tuple[str, int], float] = {}
-        # Inputs not read yet that the broker says have nothing to read.
-        self.caught_up: set[tuple[str, int]] = set()
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
         self.first_seen: dict[int, tuple[float, float]] = {}
         # The watermark each user state was written under survives a restart in the table:
@@ -212,7 +209,7 @@ class InputPipeline:
             source = (topic, partition)
             if source in self.clock:
                 clock, seen = self.clock[source], self.last_input[source]
-            elif source in self.caught_up or now - first[1] > HOLD_UNREAD_MAX_S:
+            elif source in self.quiet_at or now - first[1] > HOLD_UNREAD_MAX_S:
                 clock, seen = first
             else:
                 return floor
@@ -245,8 +242,6 @@ class InputPipeline:
                     self.quiet_at.pop(source, None)
                     continue
                 self.quiet_at[source] = now
-                if source not in self.clock:
-                    self.caught_up.add(source)
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the clocks of partitions this worker no longer owns.
@@ -264,7 +259,6 @@ class InputPipeline:
                 self.last_input.pop(source, None)
                 self.next_offset.pop(source, None)
                 self.quiet_at.pop(source, None)
-                self.caught_up.discard(source)
         self.index_stale = True
 
     def _store(
