@@ -8,6 +8,7 @@ import faust
 
 from agents import user_state
 from agents.drift import DriftReporter
+from agents.fast_lane import FastLane
 from agents.pipeline import InputPipeline
 from agents.trainer import ModelService
 from streams.privacy import Pseudonymizer
@@ -22,7 +23,10 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     users = declare_users_table(app, settings)
     pseudonym = Pseudonymizer(settings.pseudonymize_key)
     pipeline = InputPipeline(settings, topics, users, pseudonym)
+    lane = FastLane(settings, users, pipeline.watermark, pseudonym)
+    pipeline.lane = lane
     service = ModelService(settings, topics, users, pseudonym)
+    service.lane = lane
     pipeline.on_feedback = service.request_refresh
     drift = DriftReporter(settings, topics, users, service)
 
@@ -65,15 +69,20 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
         pipeline.index_stale = True
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
+        lane.assign(tp.partition for tp in assigned if tp.topic == pipeline.feedback_topic)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
         revoked = args[1] if len(args) > 1 else kwargs.get("revoked", ())
         inputs = {pipeline.impressions_topic, pipeline.feedback_topic}
-        pipeline.forget_partitions(tp.partition for tp in revoked if tp.topic in inputs)
+        partitions = {tp.partition for tp in revoked if tp.topic in inputs}
+        pipeline.forget_partitions(partitions)
+        lane.forget_partitions(partitions)
 
     @app.on_before_shutdown.connect
     async def close_outputs(*args: Any, **kwargs: Any) -> None:
+        lane.stop()
         await topics.outputs.stop()
         await pipeline.changelog.stop()
 

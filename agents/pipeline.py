@@ -14,6 +14,7 @@ from typing import Any, cast
 from faust.types import TP, EventT, TableT
 
 from agents import user_state
+from agents.fast_lane import FastLane
 from agents.ingest import RawMessage, decode_batch
 from schemas.codec import encode
 from schemas.events import Feedback, Impression
@@ -33,6 +34,8 @@ REBUILD_EVERY_S = 30.0
 #: Longest wall time an input not yet read since its partition was assigned holds the
 #: partition's watermark, when the broker never says it has nothing to read.
 HOLD_UNREAD_MAX_S = 30.0
+#: Longest CPU stretch of a batch before it lets the event loop run other tasks.
+YIELD_EVERY_S = 0.002
 
 
 class InputPipeline:
@@ -78,6 +81,9 @@ class InputPipeline:
         self.last_rebuild = 0.0
         # Called with (user_id, event_id, produced_ms) for each feedback event: the model path.
         self.on_feedback: Callable[[str, str, int | None], None] | None = None
+        # Publishes strong negatives' suppressions ahead of the batch (agents/fast_lane.py).
+        self.lane: FastLane | None = None
+        self.last_yield = time.perf_counter()
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
@@ -149,6 +155,7 @@ class InputPipeline:
             state, out = user_state.apply_and_advance(
                 cast(Any, self.users).data.get(user_id), batch, self.settings, watermark, user_id
             )
+            await self.pause()
             batch_out.extend(out)
             new_states.append((user_id, partition, state))
         outcomes.update(batch_out.counts)
@@ -158,15 +165,28 @@ class InputPipeline:
         partitions = {user: partition for user, partition, _ in new_states}
         await self._publish(batch_out, sent_ms, partitions)
         await self._write_states(new_states, watermarks.__getitem__)
-        if self.on_feedback is not None:
-            for _, record in decoded.events:
-                if isinstance(record, Feedback):
+        for _, record in decoded.events:
+            if isinstance(record, Feedback):
+                if self.lane is not None:
+                    self.lane.applied(record.user_id, (record.event_id,))
+                if self.on_feedback is not None:
                     self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
         for partition in touched:
             await self.close_due(partition)
         _observe(outcomes)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def pause(self) -> None:
+        """Let the event loop run other tasks when this one has held it for a while.
+
+        A batch is CPU work in one task; without these pauses the fast lane, the consumer
+        and the producers would each wait for the whole batch.
+        """
+        now = time.perf_counter()
+        if now - self.last_yield >= YIELD_EVERY_S:
+            await asyncio.sleep(0)
+            self.last_yield = time.perf_counter()
 
     def _type_of(self, topic: str) -> str:
         return "impression" if topic == self.impressions_topic else "feedback"
@@ -291,6 +311,7 @@ class InputPipeline:
             by_partition[partition].append(
                 self._store(user, partition, state, watermark(partition))
             )
+            await self.pause()
         topic = cast(Any, self.users).changelog_topic.get_topic_name()
 
         async def send() -> list[asyncio.Future[Any]]:
@@ -316,6 +337,7 @@ class InputPipeline:
             if current is None:
                 continue
             state, out = user_state.advance(current, watermark, user_id, self.settings)
+            await self.pause()
             if out.examples or out.counts:
                 closed.extend(out)
                 changed.append((user_id, state))
@@ -373,7 +395,11 @@ class InputPipeline:
         """
         hide = self.pseudonym.enabled
         records: list[tuple[Any, bytes, bytes, int | None]] = []
+        lane = self.lane
         for update in out.updates:
+            if lane is not None:
+                merged = lane.merge(update.user_id, update.suppressions, update.timestamp)
+                update = replace(update, suppressions=merged)
             user = self.pseudonym(update.user_id)
             partition = partitions.get(update.user_id) if hide else None
             value = encode(replace(update, user_id=user) if hide else update)
@@ -385,6 +411,7 @@ class InputPipeline:
             partition = partitions.get(example.user_id) if hide else None
             value = encode(replace(example, user_id=user) if hide else example)
             records.append((self.topics.examples, user.encode(), value, partition))
+            await self.pause()
 
         async def send() -> list[asyncio.Future[Any]]:
             return [await self.topics.publish(*record) for record in records]
@@ -395,6 +422,8 @@ class InputPipeline:
             metrics.SCORE_UPDATES.labels(update.source).inc()
             for event_id in update.trigger_event_ids:
                 produced = sent_ms.get(event_id)
+                if lane is not None and lane.is_pending(update.user_id, event_id):
+                    continue  # the fast lane published it first and timed it
                 if produced:
                     metrics.FEEDBACK_TO_SCORE.labels("fast").observe(
                         max(0.0, time.time() - produced / 1000)

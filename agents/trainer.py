@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -15,12 +16,13 @@ import orjson
 import torch
 from faust.types import EventT, TableT
 
+from agents.fast_lane import FastLane
 from agents.suppression import active_suppressions
 from agents.user_state import features_many
 from model import CandidateBatch, CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
 from model.prequential import Prequential
 from schemas.codec import encode
-from schemas.events import FEATURE_NAMES, ItemScore, ScoreUpdate
+from schemas.events import FEATURE_NAMES, ItemScore, ScoreUpdate, Suppression
 from streams import metrics
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -32,6 +34,16 @@ log = logging.getLogger(__name__)
 SEEN_EXAMPLES = 200_000
 #: The most recent of those written into each checkpoint.
 CHECKPOINTED_IDS = 50_000
+
+
+@dataclass(frozen=True)
+class _Rescore:
+    """One user to rescore: the stored state read, why, and the suppressions to publish."""
+
+    user: str
+    state: dict[str, Any]
+    triggers: list[tuple[str, int | None]]
+    suppressions: tuple[Suppression, ...]
 
 
 class ModelService:
@@ -78,6 +90,8 @@ class ModelService:
         self.batches_since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         self.on_learned: list[Callable[[list[dict[str, Any]], np.ndarray], None]] = []
+        # Suppressions the fast lane published ahead of the users table are merged in.
+        self.lane: FastLane | None = None
         metrics.MODEL_VERSION.set(self.model.version)
 
     def _resume(self) -> None:
@@ -174,47 +188,26 @@ class ModelService:
             user for user in self.pending
             if now - self.last_refresh.get(user, 0.0) >= self.settings.score_min_interval_s
         ]  # fmt: skip
-        states: dict[str, dict[str, Any]] = {}
-        triggers: dict[str, list[tuple[str, int | None]]] = {}
+        jobs: list[_Rescore] = []
         for user in due:
-            triggers[user] = self.pending.pop(user)
+            triggers = self.pending.pop(user)
             state = cast(Any, self.users).data.get(user)
             if state and state.get("candidates"):
-                states[user] = state
-        if not states:
+                active = active_suppressions(state)
+                if self.lane is not None:
+                    active = self.lane.merge(user, active, state["clock"])
+                jobs.append(_Rescore(user, state, triggers, active))
+                self.last_refresh[user] = now
+        if not jobs:
             return
-        rows, owners = [], []
-        for user, state in states.items():
-            candidates = state["candidates"]
-            dense = features_many(state, self.settings, candidates)
-            for candidate, values in zip(candidates, dense, strict=True):
-                rows.append({**candidate, "user_id": user, "features": values})
-                owners.append(user)
+        # Featurising, scoring and encoding run on the model thread: stored states are
+        # never changed in place (each write stores a new dict), so reading them there is
+        # safe, and the event loop stays free for the consumer and the fast lane.
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        p_negative, version = await loop.run_in_executor(self.executor, self._score, rows)
+        encoded = await loop.run_in_executor(self.executor, self._rescore, jobs)
         metrics.SCORE_REFRESH_SECONDS.observe(time.perf_counter() - started)
-        records: list[tuple[Any, bytes, bytes, int | None]] = []
-        by_user: dict[str, list[ItemScore]] = {}
-        for row, owner, p in zip(rows, owners, p_negative.tolist(), strict=True):
-            by_user.setdefault(owner, []).append(
-                ItemScore(row["item_id"], round(p, 6), _score(p, row, states[owner]))
-            )
-        for user, scores in by_user.items():
-            state = states[user]
-            published_id = self.pseudonym(user)
-            update = ScoreUpdate(
-                user_id=published_id,
-                source="model",
-                model_version=version,
-                timestamp=state["clock"],
-                trigger_event_ids=tuple(t for t, _ in triggers[user][-50:]),
-                scores=tuple(sorted(scores, key=lambda s: -s.score)),
-                suppressions=active_suppressions(state),
-            )
-            self.last_refresh[user] = now
-            partition = state.get("partition") if self.pseudonym.enabled else None
-            records.append((self.topics.scores, published_id.encode(), encode(update), partition))
+        records = [(self.topics.scores, key, value, partition) for key, value, partition in encoded]
 
         async def send() -> list[asyncio.Future[Any]]:
             return [await self.topics.publish(*record) for record in records]
@@ -223,16 +216,44 @@ class ModelService:
         sent = time.time()
         metrics.LAST_SCORE_TIMESTAMP.set(sent)
         metrics.SCORE_UPDATES.labels("model").inc(len(records))
-        for user in by_user:
-            for _, produced_ms in triggers[user]:
+        for job in jobs:
+            for _, produced_ms in job.triggers:
                 if produced_ms:
                     metrics.FEEDBACK_TO_SCORE.labels("model").observe(
                         max(0.0, sent - produced_ms / 1000)
                     )
 
-    def _score(self, rows: list[dict[str, Any]]) -> tuple[np.ndarray, int]:
+    def _rescore(self, jobs: list[_Rescore]) -> list[tuple[bytes, bytes, int | None]]:
+        """Score each job's candidates; return each user's encoded ``ScoreUpdate`` record."""
+        rows, owners = [], []
+        for job in jobs:
+            candidates = job.state["candidates"]
+            dense = features_many(job.state, self.settings, candidates)
+            for candidate, values in zip(candidates, dense, strict=True):
+                rows.append({**candidate, "user_id": job.user, "features": values})
+                owners.append(job)
         batch = CandidateBatch.from_rows(rows, self.model.config)
-        return self.model.p_negative(batch), self.model.version
+        p_negative, version = self.model.p_negative(batch), self.model.version
+        by_user: dict[str, list[ItemScore]] = {}
+        for row, owner, p in zip(rows, owners, p_negative.tolist(), strict=True):
+            by_user.setdefault(owner.user, []).append(
+                ItemScore(row["item_id"], round(p, 6), _score(p, row, owner.suppressions))
+            )
+        records: list[tuple[bytes, bytes, int | None]] = []
+        for job in jobs:
+            published_id = self.pseudonym(job.user)
+            update = ScoreUpdate(
+                user_id=published_id,
+                source="model",
+                model_version=version,
+                timestamp=job.state["clock"],
+                trigger_event_ids=tuple(t for t, _ in job.triggers[-50:]),
+                scores=tuple(sorted(by_user[job.user], key=lambda s: -s.score)),
+                suppressions=job.suppressions,
+            )
+            partition = job.state.get("partition") if self.pseudonym.enabled else None
+            records.append((published_id.encode(), encode(update), partition))
+        return records
 
     def close(self) -> None:
         """Checkpoint at shutdown and stop the model thread."""
@@ -242,18 +263,15 @@ class ModelService:
             self.executor.shutdown(wait=True)
 
 
-def _score(p_negative: float, row: dict[str, Any], state: dict[str, Any]) -> float:
-    """Ranking score: probability of no negative, times what the suppressions leave."""
+def _score(p_negative: float, row: dict[str, Any], suppressions: tuple[Suppression, ...]) -> float:
+    """Ranking score: probability of no negative, times what the active suppressions leave."""
     penalty = 0.0
     targets = {
         ("item", row["item_id"]),
         ("creator", row["creator_id"]),
         ("category", row["category"]),
     }
-    for suppression in state["suppressions"]:
-        if (
-            suppression["expires_at"] > state["clock"]
-            and (suppression["target_type"], suppression["target_id"]) in targets
-        ):
-            penalty = max(penalty, suppression["penalty"])
+    for suppression in suppressions:
+        if (suppression.target_type, suppression.target_id) in targets:
+            penalty = max(penalty, suppression.penalty)
     return round((1.0 - p_negative) * (1.0 - penalty), 6)

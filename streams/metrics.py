@@ -53,6 +53,20 @@ FEEDBACK_TO_SCORE = Histogram(
     ["path"],
     buckets=LATENCY_BUCKETS,
 )
+GC_PAUSE = Histogram(
+    "negstream_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation.",
+    ["generation"],
+    buckets=LATENCY_BUCKETS,
+)
+FAST_LANE_PARTITIONS = Gauge(
+    "negstream_fast_lane_partitions",
+    "Feedback partitions the fast lane follows (0 while it is not running).",
+)
+FAST_LANE_FAILURES = Counter(
+    "negstream_fast_lane_failures_total",
+    "Fast-lane ScoreUpdates the broker did not take (the input agent publishes them later).",
+)
 PENDING_IMPRESSIONS = Gauge(
     "negstream_pending_impressions", "Impressions waiting for their label window to close."
 )

@@ -116,6 +116,9 @@ class Settings:
     """NEGSTREAM_PRODUCER_MAX_BATCH_SIZE: producer batch bytes (Tansu: 1; Kafka: 16384+)."""
     output_linger_ms: int = 2
     """NEGSTREAM_OUTPUT_LINGER_MS: batching delay of examples and score updates."""
+    fast_lane: bool = True
+    """NEGSTREAM_FAST_LANE: publish strong negatives' suppressions from a thread of their own
+    as soon as they are fetched, ahead of the micro-batch (the batch publishes them too)."""
     fetch_max_wait_ms: int = 10
     """NEGSTREAM_FETCH_MAX_WAIT_MS: longest a fetch waits at the broker (Tansu: 10; Kafka: 100+)."""
     security_protocol: str = "PLAINTEXT"

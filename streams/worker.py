@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
+import time
 from typing import Any, cast
 
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import REGISTRY
 
+from streams import metrics
 from streams.admin import ensure_topics
 from streams.app import build_app
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Seconds between moves of the surviving heap out of the cyclic collector's reach.
+GC_FREEZE_EVERY_S = 30.0
+#: Every this many freezes the whole heap is collected once (about hourly): cyclic garbage
+#: that was frozen is freed then, at the cost of one full pause.
+GC_FULL_EVERY = 120
+#: GIL switch interval: a thread that wakes with work (the fast lane, the Kafka consumer
+#: thread) waits at most this long for a busy event loop to hand over (Python's default: 5 ms).
+SWITCH_INTERVAL_S = 0.001
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -25,7 +38,44 @@ def create_app(settings: Settings) -> faust.App:
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="negstream")
     for metric in cast(Any, app.monitor)._metrics:
         cache_labels(metric)
+
+    ticks = iter(range(1, sys.maxsize))
+
+    @app.timer(GC_FREEZE_EVERY_S, name="negstream.gc_freeze")  # type: ignore[untyped-decorator]
+    async def gc_freeze() -> None:
+        freeze_heap(full=next(ticks) % GC_FULL_EVERY == 0)
+
     return app
+
+
+def freeze_heap(full: bool) -> None:
+    """Collect young garbage, then exempt every surviving object from later full passes.
+
+    The worker's heap is mostly user states: JSON-like dicts without reference cycles,
+    freed by reference counting as soon as a newer state replaces them. A full pass of the
+    cyclic collector walks every one of them (measured: 200-300 ms pauses at 10k users, on
+    the event loop). Frozen objects are still freed by reference counting; only cyclic
+    garbage that outlived the young generations is kept, until the next ``full`` call
+    thaws the heap and collects all of it.
+    """
+    if full:
+        gc.unfreeze()
+    gc.collect(2 if full else 1)
+    gc.freeze()
+
+
+def _time_collections() -> None:
+    started: list[float] = []
+
+    def on_collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            metrics.GC_PAUSE.labels(str(info["generation"])).observe(
+                time.perf_counter() - started[0]
+            )
+
+    gc.callbacks.append(on_collection)
 
 
 def cache_labels(metric: Any) -> None:
@@ -60,4 +110,7 @@ def run_worker(settings: Settings) -> None:
     # spin it: each debug line of Faust and aiokafka would then build a record on the hot
     # path. The worker's output is a log, not a terminal animation.
     worker.spinner = None
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    _time_collections()
+    freeze_heap(full=True)
     worker.execute_from_commandline()

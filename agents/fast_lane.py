@@ -1,0 +1,276 @@
+"""The fast lane: a strong negative's suppression published as soon as it is fetched.
+
+The input agent handles events a micro-batch at a time, behind whatever batch is in front
+of it and whatever else the event loop runs. The fast lane is a small thread with its own
+consumer of the feedback partitions this worker owns (no consumer group: it follows the
+worker's assignment, from the end of each partition) and its own producer. A strong
+explicit negative gets its ``ScoreUpdate`` (``source="fast_path"``) straight away,
+computed by the same pure functions from the user's stored state. The input agent still
+applies the event, writes the state and publishes its own update, so the lane only ever
+makes suppressions earlier: if it fails or falls behind, nothing is lost.
+
+Until the input agent has stored a state that includes a lane event, the lane's
+suppressions for it are *pending*: every ``ScoreUpdate`` the worker publishes meanwhile,
+by the input agent or the model, merges them in (:meth:`FastLane.merge`), so a later
+update for the user does not drop a suppression the lane already published.
+
+Stored user states are never changed in place (every write stores a new dict), so the
+lane thread reads them safely; the pending map is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from faust.types import TableT
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from agents import user_state
+from agents.ingest import RawMessage, decode_one
+from schemas.codec import encode
+from schemas.events import Feedback, Suppression
+from schemas.kinds import STRONG_NEGATIVE
+from schemas.validation import ValidationError
+from streams import metrics
+from streams.admin import client_security
+from streams.privacy import Pseudonymizer
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Wall seconds a lane event stays pending when the input agent never reports it applied
+#: (e.g. its partition moved to another worker in between).
+PENDING_TTL_S = 300.0
+#: Kinds worth decoding a record for: a cheap byte test before the full validation.
+_STRONG_KIND_BYTES = tuple(f'"{kind}"'.encode() for kind in sorted(STRONG_NEGATIVE))
+#: Longest pause between attempts while the broker is unreachable.
+MAX_RETRY_DELAY_S = 5.0
+
+
+@dataclass(frozen=True)
+class _Pending:
+    feedback: Feedback
+    suppressions: tuple[Suppression, ...]
+    partition: int
+    at: float
+
+
+class FastLane:
+    """Publishes fast-path suppressions from its own read of the feedback topic."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        users: TableT[str, Any],
+        watermark: Callable[[int], float],
+        pseudonym: Pseudonymizer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.users = users
+        self.watermark = watermark
+        self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
+        self.impressions_topic = settings.topic("impressions")
+        self.feedback_topic = settings.topic("feedback")
+        self.scores_topic = settings.topic("scores")
+        self.pending: dict[str, dict[str, _Pending]] = {}
+        self.lock = threading.Lock()
+        self.wanted: frozenset[int] = frozenset()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_expiry = time.monotonic()
+
+    # --- the worker's side (event loop) ---------------------------------------------------
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """Follow these feedback partitions from now on (the worker's whole assignment)."""
+        self.wanted = frozenset(partitions)
+        if self.thread is None and self.settings.fast_lane:
+            self.thread = threading.Thread(
+                target=self._run, name="negstream-fast-lane", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the lane thread (what it queued is flushed)."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # --- the lane thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                self._follow()
+                return
+            except Exception as error:  # the broker went away or a client failed: start over
+                log.warning(
+                    "fast lane restarting in %.1f s (%s: %s)", delay, type(error).__name__, error
+                )
+                self.stopping.wait(delay)
+                delay = min(2 * delay, MAX_RETRY_DELAY_S)
+
+    def _follow(self) -> None:
+        settings = self.settings
+        common = {"bootstrap_servers": settings.bootstrap_servers, **client_security(settings)}
+        consumer = KafkaConsumer(
+            client_id=f"{settings.app_id}-fast-lane",
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            **common,
+        )
+        producer = KafkaProducer(
+            client_id=f"{settings.app_id}-fast-lane", acks="all", linger_ms=0, **common
+        )
+        try:
+            following: frozenset[int] = frozenset()
+            while not self.stopping.is_set():
+                wanted = self.wanted
+                if wanted != following:
+                    tps = [TopicPartition(self.feedback_topic, p) for p in sorted(wanted)]
+                    consumer.assign(tps)
+                    fresh = [tp for tp in tps if tp.partition not in following]
+                    if fresh:
+                        consumer.seek_to_end(*fresh)
+                        for tp in fresh:
+                            consumer.position(tp)  # resolve the end now, not at first fetch
+                    following = wanted
+                    metrics.FAST_LANE_PARTITIONS.set(len(following))
+                if not following:
+                    self.stopping.wait(0.1)
+                    continue
+                for tp, records in consumer.poll(timeout_ms=100).items():
+                    for record in records:
+                        self._handle(producer, tp.partition, record)
+                self._expire(time.monotonic())
+        finally:
+            metrics.FAST_LANE_PARTITIONS.set(0)
+            producer.close(timeout=2)
+            consumer.close()
+
+    def _handle(self, producer: KafkaProducer, partition: int, record: Any) -> None:
+        value = record.value
+        if record.key is None or not isinstance(value, bytes):
+            return  # unkeyed input is re-sent keyed first; the lane sees it then
+        if not any(kind in value for kind in _STRONG_KIND_BYTES):
+            return
+        message = RawMessage(
+            self.feedback_topic, partition, record.offset, record.key, value, record.timestamp
+        )
+        latest = time.time() + self.settings.max_future_s
+        try:
+            feedback = decode_one(
+                message, self.impressions_topic, self.settings.max_payload_bytes, latest
+            )
+        except ValidationError:
+            return  # the input agent dead-letters it
+        if isinstance(feedback, Feedback) and feedback.kind in STRONG_NEGATIVE:
+            self._publish(producer, feedback, partition, record.timestamp)
+
+    def _publish(
+        self, producer: KafkaProducer, feedback: Feedback, partition: int, produced_ms: int | None
+    ) -> None:
+        user = feedback.user_id
+        with self.lock:
+            pending = self.pending.get(user, {})
+            if feedback.event_id in pending:
+                return
+            earlier = [p.feedback for p in pending.values()]
+        stored = cast(Any, self.users).data.get(user)
+        _, out = user_state.apply_events(
+            stored, [*earlier, feedback], self.settings, self.watermark(partition)
+        )
+        update = next((u for u in out.updates if u.trigger_event_ids == (feedback.event_id,)), None)
+        if update is None:  # a duplicate or late: the input agent will not apply it either
+            return
+        with self.lock:
+            self.pending.setdefault(user, {})[feedback.event_id] = _Pending(
+                feedback, update.suppressions, partition, time.monotonic()
+            )
+        hide = self.pseudonym.enabled
+        published = self.pseudonym(user)
+        value = encode(replace(update, user_id=published) if hide else update)
+        future = producer.send(
+            self.scores_topic, key=published.encode(), value=value,
+            partition=partition if hide else None,
+        )  # fmt: skip
+        future.add_callback(lambda _: _delivered(produced_ms))
+        future.add_errback(lambda _: metrics.FAST_LANE_FAILURES.inc())
+
+    # --- shared ------------------------------------------------------------------------------
+
+    def is_pending(self, user_id: str, event_id: str) -> bool:
+        """Whether the lane published ``event_id``'s update and it is not applied yet."""
+        with self.lock:
+            return event_id in self.pending.get(user_id, {})
+
+    def merge(
+        self, user_id: str, suppressions: Sequence[Suppression], clock: float
+    ) -> tuple[Suppression, ...]:
+        """``suppressions`` with the user's pending lane suppressions merged in.
+
+        One suppression per target: the higher penalty, the later expiry. Expired ones (at
+        event time ``clock``) are left out.
+        """
+        with self.lock:
+            pending = self.pending.get(user_id)
+            if not pending:
+                return tuple(suppressions)
+            extra = [s for p in pending.values() for s in p.suppressions]
+        merged: dict[tuple[str, str], Suppression] = {}
+        for suppression in [*suppressions, *extra]:
+            if suppression.expires_at <= clock:
+                continue
+            key = (suppression.target_type, suppression.target_id)
+            previous = merged.get(key)
+            if previous is None:
+                merged[key] = suppression
+            else:
+                stronger = suppression if suppression.penalty > previous.penalty else previous
+                expiry = max(previous.expires_at, suppression.expires_at)
+                merged[key] = replace(stronger, expires_at=expiry)
+        return tuple(merged.values())
+
+    def applied(self, user_id: str, event_ids: Iterable[str]) -> None:
+        """The input agent stored a state that accounts for these events."""
+        with self.lock:
+            pending = self.pending.get(user_id)
+            if pending is None:
+                return
+            for event_id in event_ids:
+                pending.pop(event_id, None)
+            if not pending:
+                del self.pending[user_id]
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Stop following partitions this worker no longer owns; drop their pending events."""
+        gone = set(partitions)
+        self.wanted = self.wanted - gone
+        self._keep(lambda p: p.partition not in gone)
+
+    def _expire(self, now: float) -> None:
+        if now - self.last_expiry > PENDING_TTL_S / 10:
+            self.last_expiry = now
+            self._keep(lambda p: now - p.at < PENDING_TTL_S)
+
+    def _keep(self, keep: Callable[[_Pending], bool]) -> None:
+        with self.lock:
+            for user in list(self.pending):
+                kept = {e: p for e, p in self.pending[user].items() if keep(p)}
+                if kept:
+                    self.pending[user] = kept
+                else:
+                    del self.pending[user]
+
+
+def _delivered(produced_ms: int | None) -> None:
+    metrics.SCORE_UPDATES.labels("fast_path").inc()
+    if produced_ms:
+        metrics.FEEDBACK_TO_SCORE.labels("fast").observe(max(0.0, time.time() - produced_ms / 1000))
