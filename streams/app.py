@@ -48,6 +48,28 @@ async def _drop_fetches_across_a_rebalance(consumer: Any, timeout: float) -> Any
 
 Consumer._wait_next_records = _drop_fetches_across_a_rebalance  # type: ignore[method-assign,assignment]
 
+_new_offset = Consumer._new_offset
+
+
+def _never_past_a_message_in_flight(consumer: Any, tp: Any) -> int | None:
+    # Faust commits the first run of consecutive acked offsets, and takes a single missing
+    # offset at the head of that run for a hole in the log (a compacted record, a
+    # transaction marker). When the missing one is a message still being processed, the
+    # commit passes it and a restart or rebalance never delivers it again
+    # (faust-streaming/faust#606). Nothing is committed while a tracked, unacked message
+    # of the partition lies below every acked offset.
+    acked = consumer._acked.get(tp)
+    if acked:
+        first = min(acked)
+        for message in list(consumer._unacked_messages):
+            if message.tp == tp and not message.acked and message.offset < first:
+                return None
+    result: int | None = _new_offset(consumer, tp)
+    return result
+
+
+Consumer._new_offset = _never_past_a_message_in_flight  # type: ignore[method-assign,assignment]
+
 
 def broker_credentials(settings: Settings) -> Any:
     """Faust credentials for the configured SASL/SSL connection, or ``None``."""

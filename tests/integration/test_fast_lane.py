@@ -30,9 +30,7 @@ def wait_for_lane(worker: WorkerProcess, partitions: int, timeout: float = 60.0)
 def test_the_lane_answers_before_the_batch_and_the_batch_keeps_its_suppression(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    settings = isolated_settings(
-        broker.url, tmp_path, batch_within_s=HELD_BATCH_S, batch_size=1000
-    )
+    settings = isolated_settings(broker.url, tmp_path, batch_within_s=HELD_BATCH_S, batch_size=1000)
     ensure_topics(settings)
     t0 = time.time()
     impression = {"event_id": "i-1", "user_id": "alice", "item_id": "video-9",
