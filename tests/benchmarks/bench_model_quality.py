@@ -40,6 +40,8 @@ SAME_CREATOR = 5
 MIN_SAME_CREATOR = 3
 TRAIN_BATCH = 1024
 WARMUP_FRACTION = 0.2
+#: Stream segments of the learning-curve table (AUC and oracle AUC of each).
+SEGMENTS = 10
 
 
 @dataclass
@@ -228,10 +230,31 @@ def _rank(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     return ranks
 
 
+def _segment_bounds(n: int, segments: int) -> list[tuple[int, int]]:
+    """``segments`` consecutive, near-equal ``[start, stop)`` ranges covering ``range(n)``.
+
+    Examples
+    --------
+    >>> _segment_bounds(10, 3)
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    return [(k * n // segments, (k + 1) * n // segments) for k in range(segments)]
+
+
+def _auc(labels: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> float:
+    return RollingAUC(window=max(2, len(labels))).update(labels, scores).get()
+
+
 def evaluate(
-    name: str, config: ModelConfig, stream: JoinedStream, ignore_negatives: bool = False
+    name: str,
+    config: ModelConfig,
+    stream: JoinedStream,
+    ignore_negatives: bool = False,
+    warmup_fraction: float = WARMUP_FRACTION,
+    segments: int = SEGMENTS,
 ) -> dict[str, Any]:
-    """Prequential pass of one model variant: metrics after warm-up and probe rank drops."""
+    """Prequential pass of one model variant: metrics after warm-up, per stream segment, and
+    probe rank drops."""
     model = OnlineModel(config)
     # Metrics score the true label, "any negative", whatever the variant trained on.
     labelled = [
@@ -239,9 +262,9 @@ def evaluate(
         for i in range(0, len(stream.examples), TRAIN_BATCH)
     ]
     n = len(stream.examples)
-    warmup = int(WARMUP_FRACTION * n)
-    model_auc, oracle_auc = RollingAUC(window=n), RollingAUC(window=n)
-    model_loss, oracle_loss = LogLoss(), LogLoss()
+    warmup = int(warmup_fraction * n)
+    labels = np.zeros(n, dtype=np.float64)
+    scores = np.zeros(n, dtype=np.float64)
     drops: dict[str, list[float]] = {"item": [], "creator": []}
     train_seconds = 0.0
     for index, batch in enumerate(labelled):
@@ -250,14 +273,9 @@ def evaluate(
         train = batch
         if ignore_negatives:
             train = ExampleBatch.from_examples([without_negatives(r) for r in records], config)
-        scores = _p_negative(model.predict_many(batch), ignore_negatives)
-        keep = slice(max(0, warmup - start), None)
-        labels = np.maximum(batch.targets[:, _EXPLICIT], batch.targets[:, _IMPLICIT])
-        truth = stream.true_p_negative[start : start + len(records)]
-        model_auc.update(labels[keep], scores[keep])
-        model_loss.update(labels[keep], scores[keep])
-        oracle_auc.update(labels[keep], truth[keep])
-        oracle_loss.update(labels[keep], truth[keep])
+        stop = start + len(records)
+        scores[start:stop] = _p_negative(model.predict_many(batch), ignore_negatives)
+        labels[start:stop] = np.maximum(batch.targets[:, _EXPLICIT], batch.targets[:, _IMPLICIT])
         probes = [
             stream.probes[r["example_id"]] for r in records if r["example_id"] in stream.probes
         ]
@@ -277,13 +295,24 @@ def evaluate(
             )
             drops["item"].append(float(drop[probe.disliked]))
             drops["creator"].append(float(drop[probe.same_creator].mean()))
+    truth = stream.true_p_negative
+    after_warmup = slice(warmup, None)
     span = CANDIDATES - 1
     return {
         "variant": name,
-        "auc": model_auc.get(),
-        "log_loss": model_loss.get(),
-        "oracle_auc": oracle_auc.get(),
-        "oracle_log_loss": oracle_loss.get(),
+        "auc": _auc(labels[after_warmup], scores[after_warmup]),
+        "log_loss": LogLoss().update(labels[after_warmup], scores[after_warmup]).get(),
+        "oracle_auc": _auc(labels[after_warmup], truth[after_warmup]),
+        "oracle_log_loss": LogLoss().update(labels[after_warmup], truth[after_warmup]).get(),
+        "segments": [
+            (
+                start,
+                stop,
+                _auc(labels[start:stop], scores[start:stop]),
+                _auc(labels[start:stop], truth[start:stop]),
+            )
+            for start, stop in _segment_bounds(n, segments)
+        ],
         "probes": len(drops["item"]),
         "item_drop": float(np.mean(drops["item"])) if drops["item"] else math.nan,
         "item_drop_pct": 100.0 * float(np.mean(drops["item"])) / span
@@ -333,16 +362,51 @@ def _table(results: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _curve(results: Sequence[Mapping[str, Any]]) -> str:
+    """Learning curve: each variant's AUC per stream segment, beside the oracle's and the
+    first variant's gap to it (the oracle is the same for every variant)."""
+    header = (
+        "| examples | oracle AUC | "
+        + " | ".join(f"{r['variant']} AUC" for r in results)
+        + f" | {results[0]['variant']} gap |"
+    )
+    lines = [header, "|" + "---|" * (len(results) + 3)]
+    for index, (start, stop, _, oracle) in enumerate(results[0]["segments"]):
+        aucs = [r["segments"][index][2] for r in results]
+        lines.append(
+            f"| {start:,}-{stop:,} | {oracle:.4f} | "
+            + " | ".join(f"{auc:.4f}" for auc in aucs)
+            + f" | {oracle - aucs[0]:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark and print its table; ``--quick`` for a ~30k-impression smoke run."""
+    """Run the benchmark and print its tables; ``--quick`` for a ~30k-impression smoke run."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="30k impressions instead of 200k")
-    parser.add_argument("--impressions", type=int, default=None)
+    parser.add_argument(
+        "--impressions",
+        type=int,
+        default=None,
+        help="stream length, about one example an impression; the join grows faster than "
+        "linearly (a user's table grows with the stream): ~75 s at 200k, ~16 min at 1M",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--warmup", type=float, default=WARMUP_FRACTION, help="share of the stream not scored"
+    )
+    parser.add_argument(
+        "--segments", type=int, default=SEGMENTS, help="rows of the learning-curve table"
+    )
+    parser.add_argument(
+        "--default-only", action="store_true", help="skip the ablation and the variants"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     impressions = args.impressions or (30_000 if args.quick else 200_000)
+    segments = 5 if args.quick and args.segments == SEGMENTS else args.segments
     stream = join_stream(impressions, args.seed, probe_rate=0.5 if args.quick else 0.15)
     base = ModelConfig(seed=args.seed)
     variants: list[tuple[str, ModelConfig, bool]] = [
@@ -351,16 +415,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("adversarial_eps=0.05", ModelConfig(seed=args.seed, adversarial_eps=0.05), False),
         ("extra_negatives=2", ModelConfig(seed=args.seed, extra_negatives=2), False),
     ]
-    results = [evaluate(name, config, stream, ignore) for name, config, ignore in variants]
+    if args.default_only:
+        variants = variants[:1]
+    results = [
+        evaluate(name, config, stream, ignore, args.warmup, segments)
+        for name, config, ignore in variants
+    ]
     print(f"## model quality ({impressions:,} impressions, seed {args.seed})")
     print(machine())
     print(
         f"join: {len(stream.examples):,} examples in {stream.join_seconds:.1f} s; "
-        f"warm-up {WARMUP_FRACTION:.0%}; micro-batch {TRAIN_BATCH}; "
+        f"warm-up {args.warmup:.0%} (the first {int(args.warmup * len(stream.examples)):,} "
+        f"examples are not scored); micro-batch {TRAIN_BATCH}; "
         f"{CANDIDATES} candidates a probe, up to {SAME_CREATOR} by the same creator"
     )
     print()
     print(_table(results))
+    print()
+    print(f"Learning curve: prequential AUC of each {100 / segments:.0f}% of the stream.")
+    print()
+    print(_curve(results))
     print()
     batches = 15 if args.quick else 40
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
