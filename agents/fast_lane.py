@@ -106,10 +106,13 @@ class FastLane:
     def _run(self) -> None:
         delay = 0.2
         while not self.stopping.is_set():
+            started = time.monotonic()
             try:
                 self._follow()
                 return
             except Exception as error:  # the broker went away or a client failed: start over
+                if time.monotonic() - started > 60 * MAX_RETRY_DELAY_S:
+                    delay = 0.2  # it had been following for a while: a new outage
                 log.warning(
                     "fast lane restarting in %.1f s (%s: %s)", delay, type(error).__name__, error
                 )
