@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import faust
@@ -15,6 +17,11 @@ from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.tables import declare_users_table
 from streams.topics import declare_topics
+
+log = logging.getLogger(__name__)
+
+#: Longest wait at shutdown for computed input batches to be delivered.
+SHUTDOWN_FLUSH_S = 10.0
 
 
 def register(app: faust.App, settings: Settings) -> InputPipeline:
@@ -32,8 +39,9 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.agent(topics.inputs, name="negstream.input")
     async def input_agent(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
-            await pipeline.process(events)
+        # Events are acked once the batch's records are delivered (see InputPipeline).
+        async for events in stream.noack_take(settings.batch_size, settings.batch_within_s):
+            await pipeline.process(events, stream.ack)
 
     @app.agent(topics.examples, name="negstream.trainer")
     async def trainer_agent(stream: Any) -> None:
@@ -83,6 +91,10 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.on_before_shutdown.connect
     async def close_outputs(*args: Any, **kwargs: Any) -> None:
         lane.stop()
+        try:
+            await asyncio.wait_for(pipeline.flush(), SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            log.warning("stopping with input batches undelivered; their events will be read again")
         await topics.outputs.stop()
         await pipeline.changelog.stop()
 

@@ -1,9 +1,10 @@
 """The fast lane: a strong negative's suppression published as soon as it is fetched.
 
 The input agent handles events a micro-batch at a time, behind whatever batch is in front
-of it and whatever else the event loop runs. The fast lane is a small thread with its own
-consumer of the feedback partitions this worker owns (no consumer group: it follows the
-worker's assignment, from the end of each partition) and its own producer. A strong
+of it and whatever else the event loop runs. The fast lane is a small thread running its
+own event loop with its own consumer of the feedback partitions this worker owns (no
+consumer group: it follows the worker's assignment, from the end of each partition) and its
+own producer. A strong
 explicit negative gets its ``ScoreUpdate`` (``source="fast_path"``) straight away,
 computed by the same pure functions from the user's stored state. The input agent still
 applies the event, writes the state and publishes its own update, so the lane only ever
@@ -20,6 +21,7 @@ lane thread reads them safely; the pending map is shared under a lock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -27,8 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TableT
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from agents import user_state
 from agents.ingest import RawMessage, decode_one
@@ -37,7 +40,7 @@ from schemas.events import Feedback, Suppression
 from schemas.kinds import STRONG_NEGATIVE
 from schemas.validation import ValidationError
 from streams import metrics
-from streams.admin import client_security
+from streams.app import broker_credentials
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 
@@ -50,6 +53,45 @@ PENDING_TTL_S = 300.0
 _STRONG_KIND_BYTES = tuple(f'"{kind}"'.encode() for kind in sorted(STRONG_NEGATIVE))
 #: Longest pause between attempts while the broker is unreachable.
 MAX_RETRY_DELAY_S = 5.0
+
+
+class _Outgoing:
+    """One record the lane decided to send; its callbacks run once the broker answers."""
+
+    def __init__(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
+        self.topic, self.key, self.value, self.partition = topic, key, value, partition
+        self.callbacks: list[Callable[[Any], None]] = []
+        self.errbacks: list[Callable[[BaseException], None]] = []
+
+    def add_callback(self, callback: Callable[[Any], None]) -> None:
+        self.callbacks.append(callback)
+
+    def add_errback(self, errback: Callable[[BaseException], None]) -> None:
+        self.errbacks.append(errback)
+
+    def done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+        else:
+            error = future.exception()
+        if error is not None:
+            for errback in self.errbacks:
+                errback(error)
+        else:
+            for callback in self.callbacks:
+                callback(future.result())
+
+
+class _Outbox:
+    """Collects what the lane decides while handling a fetch; its loop sends it after."""
+
+    def __init__(self) -> None:
+        self.items: list[_Outgoing] = []
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> _Outgoing:
+        item = _Outgoing(topic, key, value, partition)
+        self.items.append(item)
+        return item
 
 
 @dataclass(frozen=True)
@@ -104,11 +146,14 @@ class FastLane:
     # --- the lane thread ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
         delay = 0.2
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
-                self._follow()
+                await self._follow()
                 return
             except Exception as error:  # the broker went away or a client failed: start over
                 if time.monotonic() - started > 60 * MAX_RETRY_DELAY_S:
@@ -116,49 +161,78 @@ class FastLane:
                 log.warning(
                     "fast lane restarting in %.1f s (%s: %s)", delay, type(error).__name__, error
                 )
-                self.stopping.wait(delay)
+                await self._sleep(delay)
                 delay = min(2 * delay, MAX_RETRY_DELAY_S)
 
-    def _follow(self) -> None:
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, seconds))
+
+    async def _follow(self) -> None:
         settings = self.settings
-        common = {"bootstrap_servers": settings.bootstrap_servers, **client_security(settings)}
-        consumer = KafkaConsumer(
-            client_id=f"{settings.app_id}-fast-lane",
+        common = {
+            "bootstrap_servers": settings.bootstrap_servers,
+            "client_id": f"{settings.app_id}-fast-lane",
+            **credentials_to_aiokafka_auth(broker_credentials(settings)),
+        }
+        consumer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="latest",
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **common,
         )
-        producer = KafkaProducer(
-            client_id=f"{settings.app_id}-fast-lane", acks="all", linger_ms=0, **common
-        )
+        producer = AIOKafkaProducer(acks="all", linger_ms=0, **common)
         try:
+            await consumer.start()
+            await producer.start()
             following: frozenset[int] = frozenset()
+            outbox = _Outbox()
             while not self.stopping.is_set():
                 wanted = self.wanted
                 if wanted != following:
-                    tps = [TopicPartition(self.feedback_topic, p) for p in sorted(wanted)]
-                    consumer.assign(tps)
-                    fresh = [tp for tp in tps if tp.partition not in following]
-                    if fresh:
-                        consumer.seek_to_end(*fresh)
-                        for tp in fresh:
-                            consumer.position(tp)  # resolve the end now, not at first fetch
+                    await self._reassign(consumer, following, wanted)
                     following = wanted
                     metrics.FAST_LANE_PARTITIONS.set(len(following))
                 if not following:
-                    self.stopping.wait(0.1)
+                    await self._sleep(0.1)
                     continue
-                for tp, records in consumer.poll(timeout_ms=100).items():
+                batches = await consumer.getmany(timeout_ms=100)
+                for tp, records in batches.items():
                     for record in records:
-                        self._handle(producer, tp.partition, record)
+                        self._handle(outbox, tp.partition, record)
+                for item in outbox.items:
+                    sent = await producer.send(
+                        item.topic, item.value, key=item.key, partition=item.partition
+                    )
+                    sent.add_done_callback(item.done)
+                outbox.items.clear()
                 self._expire(time.monotonic())
         finally:
             metrics.FAST_LANE_PARTITIONS.set(0)
-            producer.close(timeout=2)
-            consumer.close()
+            await producer.stop()
+            await consumer.stop()
 
-    def _handle(self, producer: KafkaProducer, partition: int, record: Any) -> None:
+    async def _reassign(
+        self, consumer: AIOKafkaConsumer, following: frozenset[int], wanted: frozenset[int]
+    ) -> None:
+        """Follow ``wanted``: kept partitions go on where they were, new ones from the end."""
+        kept = {}
+        for partition in following & wanted:
+            tp = TopicPartition(self.feedback_topic, partition)
+            kept[tp] = await consumer.position(tp)
+        tps = [TopicPartition(self.feedback_topic, p) for p in sorted(wanted)]
+        consumer.assign(tps)
+        for tp, position in kept.items():
+            consumer.seek(tp, position)
+        fresh = [tp for tp in tps if tp not in kept]
+        if fresh:
+            await consumer.seek_to_end(*fresh)
+            for tp in fresh:
+                await consumer.position(tp)  # resolve the end now, not at first fetch
+
+    def _handle(self, producer: _Outbox, partition: int, record: Any) -> None:
         value = record.value
         if record.key is None or not isinstance(value, bytes):
             return  # unkeyed input is re-sent keyed first; the lane sees it then
@@ -178,7 +252,7 @@ class FastLane:
             self._publish(producer, feedback, partition, record.timestamp)
 
     def _publish(
-        self, producer: KafkaProducer, feedback: Feedback, partition: int, produced_ms: int | None
+        self, producer: _Outbox, feedback: Feedback, partition: int, produced_ms: int | None
     ) -> None:
         user = feedback.user_id
         with self.lock:

@@ -7,8 +7,8 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from faust.types import TP, EventT, TableT
@@ -36,6 +36,32 @@ REBUILD_EVERY_S = 30.0
 HOLD_UNREAD_MAX_S = 30.0
 #: Longest CPU stretch of a batch before it lets the event loop run other tasks.
 YIELD_EVERY_S = 0.002
+#: Batches whose records may wait for delivery while the next ones are computed.
+MAX_UNDELIVERED_STEPS = 8
+
+Ack = Callable[[EventT[Any]], Awaitable[Any]]
+
+
+@dataclass
+class _Step:
+    """What one batch (or label-window sweep) leaves to deliver, in delivery order.
+
+    Its outputs (examples, score updates) go first, then the changelog records of the user
+    states that account for them, then its input events are acked: a crash at any point
+    replays the events (at-least-once, deduplicated by event id) instead of losing outputs.
+    """
+
+    outputs: list[tuple[Any, bytes, bytes, int | None]] = field(default_factory=list)
+    changelog: dict[int, list[tuple[bytes | None, bytes]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    # (trigger event ids, produced ms by event id) of the updates, timed at delivery.
+    timings: list[tuple[tuple[str, ...], dict[str, int | None]]] = field(default_factory=list)
+    events: list[EventT[Any]] = field(default_factory=list)
+    ack: Ack | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs or self.changelog or self.events)
 
 
 class InputPipeline:
@@ -87,13 +113,98 @@ class InputPipeline:
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
+        # Steps computed but not yet delivered, delivered in order by one task, so the next
+        # batch is computed while the broker acknowledges the last one.
+        self.undelivered: asyncio.Queue[_Step] | None = None
+        self.deliverer: asyncio.Task[None] | None = None
+        self.delivery_error: BaseException | None = None
 
-    async def process(self, events: list[EventT[Any]]) -> None:
-        """Decode, validate, dedupe, update tables, join and publish one micro-batch."""
+    async def process(self, events: list[EventT[Any]], ack: Ack | None = None) -> None:
+        """Decode, validate, dedupe, update tables, join and publish one micro-batch.
+
+        The user states are stored at once; the batch's records are then delivered in the
+        background, in batch order, and ``ack`` is called on each event once they all are.
+        """
+        step = _Step(events=list(events), ack=ack)
         async with self.lock:
-            await self._process(events)
+            await self._process(events, step)
+            # Queued under the lock: steps are delivered in the order their states were made.
+            await self._queue(step)
 
-    async def _process(self, events: list[EventT[Any]]) -> None:
+    async def _queue(self, step: _Step) -> None:
+        if self.delivery_error is not None:
+            raise RuntimeError("delivering a batch's records failed") from self.delivery_error
+        if not step:
+            return
+        if self.undelivered is None:
+            self.undelivered = asyncio.Queue(MAX_UNDELIVERED_STEPS)
+            self.deliverer = asyncio.create_task(self._deliver_forever(self.undelivered))
+        await self.undelivered.put(step)
+        metrics.UNDELIVERED_BATCHES.set(self.undelivered.qsize())
+
+    async def flush(self) -> None:
+        """Wait until every computed batch is delivered (and its events acked)."""
+        if self.undelivered is not None and self.delivery_error is None:
+            await self.undelivered.join()
+
+    async def _deliver_forever(self, queue: asyncio.Queue[_Step]) -> None:
+        while True:
+            # Every step waiting is delivered together: one round trip for the outputs and
+            # one for the changelog, however many batches were computed meanwhile.
+            steps = [await queue.get()]
+            while not queue.empty():
+                steps.append(queue.get_nowait())
+            try:
+                await self._deliver(steps)
+            except Exception as error:  # not a broker outage (those are retried): a bug
+                log.exception("delivering a batch's records failed; the input agent stops")
+                self.delivery_error = error
+                return
+            finally:
+                for _ in steps:
+                    queue.task_done()
+                metrics.UNDELIVERED_BATCHES.set(queue.qsize())
+
+    async def _deliver(self, steps: list[_Step]) -> None:
+        records = [record for step in steps for record in step.outputs]
+        if records:
+
+            async def send_outputs() -> list[asyncio.Future[Any]]:
+                return [await self.topics.publish(*record) for record in records]
+
+            await self.topics.outputs.deliver(send_outputs)
+        for step in steps:
+            self._time_updates(step)
+        changelog: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        for step in steps:
+            for partition, states in step.changelog.items():
+                changelog[partition] += states
+        if changelog:
+            topic = cast(Any, self.users).changelog_topic.get_topic_name()
+
+            async def send_changelog() -> list[asyncio.Future[Any]]:
+                pending = []
+                for partition, states in changelog.items():
+                    pending += await self.changelog.send_partition(topic, partition, states)
+                return pending
+
+            await self.changelog.deliver(send_changelog)
+        for step in steps:
+            if step.ack is not None:
+                for event in step.events:
+                    await step.ack(event)
+
+    def _time_updates(self, step: _Step) -> None:
+        now = time.time()
+        for event_ids, sent_ms in step.timings:
+            for event_id in event_ids:
+                produced = sent_ms.get(event_id)
+                if produced:
+                    metrics.FEEDBACK_TO_SCORE.labels("fast").observe(
+                        max(0.0, now - produced / 1000)
+                    )
+
+    async def _process(self, events: list[EventT[Any]], step: _Step) -> None:
         started = time.perf_counter()
         if self.index_stale:
             self.rebuild_index(self.users.items())
@@ -163,8 +274,8 @@ class InputPipeline:
         # Outputs are delivered before the state that records them is written: a crash in
         # between replays the events (at-least-once) instead of losing their outputs.
         partitions = {user: partition for user, partition, _ in new_states}
-        await self._publish(batch_out, sent_ms, partitions)
-        await self._write_states(new_states, watermarks.__getitem__)
+        await self._publish(batch_out, sent_ms, partitions, step)
+        await self._write_states(new_states, watermarks.__getitem__, step)
         for _, record in decoded.events:
             if isinstance(record, Feedback):
                 if self.lane is not None:
@@ -172,7 +283,7 @@ class InputPipeline:
                 if self.on_feedback is not None:
                     self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
         for partition in touched:
-            await self.close_due(partition)
+            await self.close_due(partition, step)
         _observe(outcomes)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -298,32 +409,24 @@ class InputPipeline:
         return key, value
 
     async def _write_states(
-        self, states: Iterable[tuple[str, int, dict[str, Any]]], watermark: Callable[[int], float]
+        self,
+        states: Iterable[tuple[str, int, dict[str, Any]]],
+        watermark: Callable[[int], float],
+        step: _Step,
     ) -> None:
-        """Store each ``(user, partition, state)`` and wait until the changelog has them all.
+        """Store each ``(user, partition, state)`` and add its changelog record to ``step``.
 
         Each partition's records go out as one batch: a batch's state is durable after about
         one round trip, so the gap after its outputs were delivered, in which a crash makes
         an output be published again, stays short.
         """
-        by_partition: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
         for user, partition, state in states:
-            by_partition[partition].append(
+            step.changelog[partition].append(
                 self._store(user, partition, state, watermark(partition))
             )
             await self.pause()
-        topic = cast(Any, self.users).changelog_topic.get_topic_name()
 
-        async def send() -> list[asyncio.Future[Any]]:
-            pending = []
-            for partition, records in by_partition.items():
-                pending += await self.changelog.send_partition(topic, partition, records)
-            return pending
-
-        if by_partition:
-            await self.changelog.deliver(send)
-
-    async def close_due(self, partition: int) -> None:
+    async def close_due(self, partition: int, step: _Step) -> None:
         """Close every label window on ``partition`` that its clock has passed."""
         heap = self.deadlines[partition]
         watermark = self.watermark(partition)
@@ -347,21 +450,23 @@ class InputPipeline:
                     heapq.heappush(heap, (deadline, user_id))
         if changed:
             _observe(closed.counts)
-            await self._publish(closed, {}, {user: partition for user, _ in changed})
+            await self._publish(closed, {}, {user: partition for user, _ in changed}, step)
             await self._write_states(
-                ((user, partition, state) for user, state in changed), lambda _: watermark
+                ((user, partition, state) for user, state in changed), lambda _: watermark, step
             )
         metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
+        step = _Step()
         async with self.lock:
             # The periodic rebuild is a safety net: the index is derived from the table,
             # so a user it ever missed is picked up again within REBUILD_EVERY_S.
             if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
                 self.rebuild_index(self.users.items())
             for partition in list(self.deadlines):
-                await self.close_due(partition)
+                await self.close_due(partition, step)
+            await self._queue(step)
 
     def rebuild_index(self, items: Iterable[tuple[str, Any]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
@@ -386,15 +491,19 @@ class InputPipeline:
         self.last_rebuild = time.monotonic()
 
     async def _publish(
-        self, out: user_state.Outputs, sent_ms: dict[str, int | None], partitions: dict[str, int]
+        self,
+        out: user_state.Outputs,
+        sent_ms: dict[str, int | None],
+        partitions: dict[str, int],
+        step: _Step,
     ) -> None:
-        """Send the examples and score updates and wait until the broker has them.
+        """Add the examples and score updates to ``step``'s outputs.
 
         With pseudonymous ids the key no longer hashes to the user's partition, so each
         record names its partition explicitly: outputs stay co-partitioned with the input.
         """
         hide = self.pseudonym.enabled
-        records: list[tuple[Any, bytes, bytes, int | None]] = []
+        records = step.outputs
         lane = self.lane
         for update in out.updates:
             if lane is not None:
@@ -404,6 +513,13 @@ class InputPipeline:
             partition = partitions.get(update.user_id) if hide else None
             value = encode(replace(update, user_id=user) if hide else update)
             records.append((self.topics.scores, user.encode(), value, partition))
+            metrics.SCORE_UPDATES.labels(update.source).inc()
+            # An event the fast lane published first was timed by the lane.
+            timed = tuple(
+                event_id for event_id in update.trigger_event_ids
+                if lane is None or not lane.is_pending(update.user_id, event_id)
+            )  # fmt: skip
+            step.timings.append((timed, sent_ms))
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
             metrics.EXAMPLES.labels(group).inc()
@@ -412,22 +528,6 @@ class InputPipeline:
             value = encode(replace(example, user_id=user) if hide else example)
             records.append((self.topics.examples, user.encode(), value, partition))
             await self.pause()
-
-        async def send() -> list[asyncio.Future[Any]]:
-            return [await self.topics.publish(*record) for record in records]
-
-        if records:
-            await self.topics.outputs.deliver(send)
-        for update in out.updates:
-            metrics.SCORE_UPDATES.labels(update.source).inc()
-            for event_id in update.trigger_event_ids:
-                produced = sent_ms.get(event_id)
-                if lane is not None and lane.is_pending(update.user_id, event_id):
-                    continue  # the fast lane published it first and timed it
-                if produced:
-                    metrics.FEEDBACK_TO_SCORE.labels("fast").observe(
-                        max(0.0, time.time() - produced / 1000)
-                    )
 
 
 def _raw(event: EventT[Any]) -> RawMessage:

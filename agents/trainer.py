@@ -18,7 +18,7 @@ from faust.types import EventT, TableT
 
 from agents.fast_lane import FastLane
 from agents.suppression import active_suppressions
-from agents.user_state import features_many
+from agents.user_state import feature_rows
 from model import CandidateBatch, CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
 from model.prequential import Prequential
 from schemas.codec import encode
@@ -225,22 +225,44 @@ class ModelService:
 
     def _rescore(self, jobs: list[_Rescore]) -> list[tuple[bytes, bytes, int | None]]:
         """Score each job's candidates; return each user's encoded ``ScoreUpdate`` record."""
-        rows, owners = [], []
+        ids: dict[str, list[str | None]] = {
+            "user_id": [], "item_id": [], "creator_id": [], "category": []
+        }  # fmt: skip
+        dense: list[tuple[float, ...]] = []
         for job in jobs:
             candidates = job.state["candidates"]
-            dense = features_many(job.state, self.settings, candidates)
-            for candidate, values in zip(candidates, dense, strict=True):
-                rows.append({**candidate, "user_id": job.user, "features": values})
-                owners.append(job)
-        batch = CandidateBatch.from_rows(rows, self.model.config)
-        p_negative, version = self.model.p_negative(batch), self.model.version
-        by_user: dict[str, list[ItemScore]] = {}
-        for row, owner, p in zip(rows, owners, p_negative.tolist(), strict=True):
-            by_user.setdefault(owner.user, []).append(
-                ItemScore(row["item_id"], round(p, 6), _score(p, row, owner.suppressions))
-            )
+            dense += feature_rows(job.state, self.settings, candidates)
+            ids["user_id"] += [job.user] * len(candidates)
+            for name in ("item_id", "creator_id", "category"):
+                ids[name] += [c.get(name) for c in candidates]
+        config = self.model.config
+        if config.features == FEATURE_NAMES:
+            batch = CandidateBatch.from_columns(ids, dense, config)
+        else:  # a model configured with other features takes them by name
+            rows = [
+                {**{name: column[i] for name, column in ids.items()},
+                 "features": dict(zip(FEATURE_NAMES, values, strict=True))}
+                for i, values in enumerate(dense)
+            ]  # fmt: skip
+            batch = CandidateBatch.from_rows(rows, config)
+        p_negative, version = self.model.p_negative(batch).tolist(), self.model.version
         records: list[tuple[bytes, bytes, int | None]] = []
+        start = 0
         for job in jobs:
+            candidates = job.state["candidates"]
+            penalties = _penalties(job.suppressions)
+            scores = []
+            for candidate, p in zip(
+                candidates, p_negative[start : start + len(candidates)], strict=True
+            ):
+                penalty = max(
+                    penalties.get(("item", candidate["item_id"]), 0.0),
+                    penalties.get(("creator", candidate.get("creator_id")), 0.0),
+                    penalties.get(("category", candidate.get("category")), 0.0),
+                )
+                score = round((1.0 - p) * (1.0 - penalty), 6)
+                scores.append(ItemScore(candidate["item_id"], round(p, 6), score))
+            start += len(candidates)
             published_id = self.pseudonym(job.user)
             update = ScoreUpdate(
                 user_id=published_id,
@@ -248,7 +270,7 @@ class ModelService:
                 model_version=version,
                 timestamp=job.state["clock"],
                 trigger_event_ids=tuple(t for t, _ in job.triggers[-50:]),
-                scores=tuple(sorted(by_user[job.user], key=lambda s: -s.score)),
+                scores=tuple(sorted(scores, key=lambda s: -s.score)),
                 suppressions=job.suppressions,
             )
             partition = job.state.get("partition") if self.pseudonym.enabled else None
@@ -263,15 +285,10 @@ class ModelService:
             self.executor.shutdown(wait=True)
 
 
-def _score(p_negative: float, row: dict[str, Any], suppressions: tuple[Suppression, ...]) -> float:
-    """Ranking score: probability of no negative, times what the active suppressions leave."""
-    penalty = 0.0
-    targets = {
-        ("item", row["item_id"]),
-        ("creator", row["creator_id"]),
-        ("category", row["category"]),
-    }
+def _penalties(suppressions: tuple[Suppression, ...]) -> dict[tuple[str, str], float]:
+    """The strongest penalty on each suppressed (target type, target id)."""
+    strongest: dict[tuple[str, str], float] = {}
     for suppression in suppressions:
-        if (suppression.target_type, suppression.target_id) in targets:
-            penalty = max(penalty, suppression.penalty)
-    return round((1.0 - p_negative) * (1.0 - penalty), 6)
+        target = (suppression.target_type, suppression.target_id)
+        strongest[target] = max(strongest.get(target, 0.0), suppression.penalty)
+    return strongest

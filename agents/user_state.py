@@ -399,18 +399,48 @@ def _features(
     creator_id: str | None,
     category: str | None,
 ) -> dict[str, float]:
+    row = _feature_row(short, long, item_id, creator_id, category)
+    return dict(zip(FEATURE_NAMES, row, strict=True))
+
+
+def _feature_row(
+    short: dict[str, int],
+    long: dict[str, int],
+    item_id: str,
+    creator_id: str | None,
+    category: str | None,
+) -> tuple[float, ...]:
+    # In the order of FEATURE_NAMES (checked at import below).
     short_imp, long_imp = short.get("imp", 0), long.get("imp", 0)
-    values = {
-        "neg_rate_short": short.get("neg", 0) / short_imp if short_imp else 0.0,
-        "neg_rate_long": long.get("neg", 0) / long_imp if long_imp else 0.0,
-        "explicit_neg_long": float(long.get("exp", 0)),
-        "creator_neg_long": float(long.get("nc:" + creator_id, 0)) if creator_id else 0.0,
-        "category_neg_long": float(long.get("ng:" + category, 0)) if category else 0.0,
-        "item_exposure": float(long.get("i:" + item_id, 0)),
-        "creator_exposure": float(long.get("c:" + creator_id, 0)) if creator_id else 0.0,
-        "impressions_long": float(long_imp),
-    }
-    return {name: values[name] for name in FEATURE_NAMES}
+    return (
+        short.get("neg", 0) / short_imp if short_imp else 0.0,
+        long.get("neg", 0) / long_imp if long_imp else 0.0,
+        float(long.get("exp", 0)),
+        float(long.get("nc:" + creator_id, 0)) if creator_id else 0.0,
+        float(long.get("ng:" + category, 0)) if category else 0.0,
+        float(long.get("i:" + item_id, 0)),
+        float(long.get("c:" + creator_id, 0)) if creator_id else 0.0,
+        float(long_imp),
+    )
+
+
+_ROW_ORDER = (
+    "neg_rate_short", "neg_rate_long", "explicit_neg_long", "creator_neg_long",
+    "category_neg_long", "item_exposure", "creator_exposure", "impressions_long",
+)  # fmt: skip
+if _ROW_ORDER != FEATURE_NAMES:  # pragma: no cover - a schema change must update _feature_row
+    raise ImportError("agents.user_state._feature_row is out of step with FEATURE_NAMES")
+
+
+def feature_rows(
+    state: State, settings: Settings, candidates: list[dict[str, Any]]
+) -> list[tuple[float, ...]]:
+    """Dense features of many candidates of one user, each in :data:`FEATURE_NAMES` order."""
+    short, long = _Totals(settings).at(state)
+    return [
+        _feature_row(short, long, c["item_id"], c.get("creator_id"), c.get("category"))
+        for c in candidates
+    ]
 
 
 def features_many(

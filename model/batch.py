@@ -124,6 +124,38 @@ class CandidateBatch:
         )
         return CandidateBatch(user, item, creator, category, _dense(rows, config.features))
 
+    @classmethod
+    def from_columns(
+        cls,
+        ids: Mapping[str, Sequence[str | None]],
+        dense: Sequence[Sequence[float]],
+        config: ModelConfig,
+    ) -> CandidateBatch:
+        """Featurise id columns (``ids[field]`` for each of user_id, item_id, creator_id and
+        category) and raw dense rows already in ``config.features`` order.
+
+        Examples
+        --------
+        >>> config = ModelConfig(features=("item_exposure",))
+        >>> ids = {"user_id": ["u1", "u1"], "item_id": ["i1", "i2"], "creator_id": [None, None],
+        ...        "category": [None, "c"]}
+        >>> batch = CandidateBatch.from_columns(ids, [(3.0,), (0.0,)], config)
+        >>> batch.dense.astype(float).round(3).tolist(), batch.creator.tolist()
+        ([[1.386], [0.0]], [0, 0])
+        """
+        n = len(dense)
+        user, item, creator, category = (
+            hasher.hash_many(ids[key])
+            for hasher, key in zip(
+                _hashers(config.buckets),
+                ("user_id", "item_id", "creator_id", "category"),
+                strict=True,
+            )
+        )
+        width = len(config.features)
+        values = np.array(dense, dtype=np.float64).reshape(n, width)
+        return CandidateBatch(user, item, creator, category, squash(values.astype(np.float32)))
+
     def take(self, index: npt.NDArray[np.int64]) -> CandidateBatch:
         """Rows ``index`` as a new batch (copies; the source is untouched)."""
         return CandidateBatch(

@@ -18,8 +18,12 @@ DEAD_LETTERS = Counter(
 )
 BATCH_SECONDS = Histogram(
     "negstream_ingest_batch_seconds",
-    "Time to process one input micro-batch.",
+    "Time to compute one input micro-batch (its records are delivered after, in order).",
     buckets=BATCH_BUCKETS,
+)
+UNDELIVERED_BATCHES = Gauge(
+    "negstream_undelivered_batches",
+    "Computed input micro-batches whose records wait for the broker's acknowledgement.",
 )
 BATCH_EVENTS = Histogram(
     "negstream_ingest_batch_events",
