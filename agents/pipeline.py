@@ -116,6 +116,7 @@ class InputPipeline:
         # Steps computed but not yet delivered, delivered in order by one task, so the next
         # batch is computed while the broker acknowledges the last one.
         self.undelivered: asyncio.Queue[_Step] | None = None
+        # Held here: the event loop keeps only weak references to tasks.
         self.deliverer: asyncio.Task[None] | None = None
         self.delivery_error: BaseException | None = None
 
@@ -175,17 +176,20 @@ class InputPipeline:
             await self.topics.outputs.deliver(send_outputs)
         for step in steps:
             self._time_updates(step)
-        changelog: dict[int, list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        # A user's newest state is all the changelog needs: batches delivered together send
+        # one record per user.
+        changelog: dict[int, dict[bytes | None, bytes]] = defaultdict(dict)
         for step in steps:
             for partition, states in step.changelog.items():
-                changelog[partition] += states
+                changelog[partition].update(states)
         if changelog:
             topic = cast(Any, self.users).changelog_topic.get_topic_name()
 
             async def send_changelog() -> list[asyncio.Future[Any]]:
                 pending = []
                 for partition, states in changelog.items():
-                    pending += await self.changelog.send_partition(topic, partition, states)
+                    records = list(states.items())
+                    pending += await self.changelog.send_partition(topic, partition, records)
                 return pending
 
             await self.changelog.deliver(send_changelog)
@@ -271,7 +275,7 @@ class InputPipeline:
             new_states.append((user_id, partition, state))
         outcomes.update(batch_out.counts)
         sent_ms = {r.event_id: messages[p].timestamp_ms for p, r in decoded.events}
-        # Outputs are delivered before the state that records them is written: a crash in
+        # The step delivers these outputs before the states that record them: a crash in
         # between replays the events (at-least-once) instead of losing their outputs.
         partitions = {user: partition for user, partition, _ in new_states}
         await self._publish(batch_out, sent_ms, partitions, step)

@@ -235,16 +235,8 @@ class ModelService:
             ids["user_id"] += [job.user] * len(candidates)
             for name in ("item_id", "creator_id", "category"):
                 ids[name] += [c.get(name) for c in candidates]
-        config = self.model.config
-        if config.features == FEATURE_NAMES:
-            batch = CandidateBatch.from_columns(ids, dense, config)
-        else:  # a model configured with other features takes them by name
-            rows = [
-                {**{name: column[i] for name, column in ids.items()},
-                 "features": dict(zip(FEATURE_NAMES, values, strict=True))}
-                for i, values in enumerate(dense)
-            ]  # fmt: skip
-            batch = CandidateBatch.from_rows(rows, config)
+        # The model is configured with FEATURE_NAMES (see __init__), the rows' order.
+        batch = CandidateBatch.from_columns(ids, dense, self.model.config)
         p_negative, version = self.model.p_negative(batch).tolist(), self.model.version
         records: list[tuple[bytes, bytes, int | None]] = []
         start = 0

@@ -447,8 +447,7 @@ def features_many(
     state: State, settings: Settings, candidates: list[dict[str, Any]]
 ) -> list[dict[str, float]]:
     """:func:`features` of many candidates of one user, merging the window buckets once."""
-    short, long = _Totals(settings).at(state)
     return [
-        _features(short, long, c["item_id"], c.get("creator_id"), c.get("category"))
-        for c in candidates
+        dict(zip(FEATURE_NAMES, row, strict=True))
+        for row in feature_rows(state, settings, candidates)
     ]
