@@ -67,15 +67,17 @@ def copy_state(state: State | None) -> State:
     """A deep copy, so callers' state is never mutated.
 
     Copies exactly the containers the functions here change; the rest (each pending
-    impression's features, window bucket keys) is never mutated, so it is shared.
+    impression's features, the window buckets until ``_count`` writes one) is shared.
     """
     if state is None:
         return new_state()
     copied = dict(state)
     copied["topic_clock"] = dict(state["topic_clock"])
     copied["seen"] = dict(state["seen"])
-    copied["short"] = {index: dict(bucket) for index, bucket in state["short"].items()}
-    copied["long"] = {index: dict(bucket) for index, bucket in state["long"].items()}
+    # Window buckets are shared until written: ``_count`` copies the one it adds to. A
+    # user's state holds up to 58 buckets, and a batch writes one or two.
+    copied["short"] = dict(state["short"])
+    copied["long"] = dict(state["long"])
     copied["pending"] = [{**p, "kinds": list(p["kinds"])} for p in state["pending"]]
     copied["orphans"] = [dict(o) for o in state["orphans"]]
     copied["candidates"] = [dict(c) for c in state["candidates"]]
@@ -83,41 +85,80 @@ def copy_state(state: State | None) -> State:
     return copied
 
 
+class _Sums:
+    """Counters of one window's buckets, each summed on first read and then kept up to date.
+
+    A call reads a handful of names (a feature row needs seven) while a long-lived user's
+    window holds thousands (one per item seen), so summing per name beats merging all.
+    """
+
+    __slots__ = ("buckets", "parts", "sums", "window")
+
+    def __init__(self, buckets: dict[str, dict[str, int]], window: range) -> None:
+        self.buckets, self.window = buckets, window
+        self.parts: list[dict[str, int]] | None = None
+        self.sums: dict[str, int] = {}
+
+    def get(self, name: str, default: int = 0) -> int:
+        """Total of ``name`` over the window (``default`` when it is 0)."""
+        total = self.sums.get(name)
+        if total is None:
+            if self.parts is None:
+                found = (self.buckets.get(str(index)) for index in self.window)
+                self.parts = [bucket for bucket in found if bucket]
+            total = self.sums[name] = sum(bucket.get(name, 0) for bucket in self.parts)
+        return total or default
+
+    def added(self, index: int, names: list[str]) -> None:
+        """Account for ``names`` just counted in bucket ``index`` (which may be new or copied)."""
+        if index in self.window:
+            self.parts = None
+            sums = self.sums
+            for name in names:
+                if name in sums:
+                    sums[name] += 1
+
+
 class _Totals:
-    """Window totals at a user's current clock, merged once and kept up to date as counts
-    are added, so featurising many events of one user does not re-sum the buckets."""
+    """Window totals at a user's current clock, kept up to date as counts are added, so
+    featurising many events of one user does not re-sum the buckets."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.long_step = long_step_s(settings)
         self.key: tuple[int, int] | None = None
-        self.short_range = self.long_range = range(0)
-        self.short: dict[str, int] = {}
-        self.long: dict[str, int] = {}
+        self.short = self.long = _Sums({}, range(0))
+        self.owned: set[tuple[str, int]] = set()
 
-    def at(self, state: State) -> tuple[dict[str, int], dict[str, int]]:
-        """Merged (short, long) counters of the windows ending at ``state``'s clock."""
+    def at(self, state: State) -> tuple[_Sums, _Sums]:
+        """(short, long) counters of the windows ending at ``state``'s clock."""
         settings, clock = self.settings, state["clock"]
         short = windows.window_buckets(clock, settings.window_short_s, settings.window_step_s)
         long = windows.window_buckets(clock, settings.window_long_s, self.long_step)
         if self.key != (short.start, long.start):
             self.key = (short.start, long.start)
-            self.short_range, self.long_range = short, long
-            self.short = windows.merge(state["short"], short)
-            self.long = windows.merge(state["long"], long)
+            self.short = _Sums(state["short"], short)
+            self.long = _Sums(state["long"], long)
         return self.short, self.long
+
+    def own(self, state: State, short_index: int, long_index: int) -> None:
+        """Give ``state`` its own copy of these buckets before they are written, once a call.
+
+        ``copy_state`` shares buckets with the caller's state (see there).
+        """
+        for window, index in (("short", short_index), ("long", long_index)):
+            key = (window, index)
+            if key not in self.owned:
+                self.owned.add(key)
+                bucket = state[window].get(str(index))
+                if bucket is not None:
+                    state[window][str(index)] = dict(bucket)
 
     def added(self, short_index: int, long_index: int, names: list[str]) -> None:
         """Account for ``names`` just counted in these buckets."""
-        if self.key is None:
-            return
-        for index, window, merged in (
-            (short_index, self.short_range, self.short),
-            (long_index, self.long_range, self.long),
-        ):
-            if index in window:
-                for name in names:
-                    merged[name] = merged.get(name, 0) + 1
+        if self.key is not None:
+            self.short.added(short_index, names)
+            self.long.added(long_index, names)
 
 
 def apply_events(
@@ -254,6 +295,7 @@ def _count(
 ) -> None:
     short = windows.bucket_of(timestamp, settings.window_step_s)
     long = windows.bucket_of(timestamp, totals.long_step)
+    totals.own(state, short, long)
     windows.add(state["short"], short, names)
     windows.add(state["long"], long, names)
     totals.added(short, long, names)
@@ -333,7 +375,10 @@ def _expire(state: State, settings: Settings) -> None:
         state["long"], windows.window_buckets(clock, settings.window_long_s, long_step).start
     )
     horizon = clock - settings.dedup_ttl_s
-    seen = {k: v for k, v in state["seen"].items() if v >= horizon}
+    seen = state["seen"]
+    # min() scans in C; rebuild the dict only when an entry has expired.
+    if seen and min(seen.values()) < horizon:
+        seen = {k: v for k, v in seen.items() if v >= horizon}
     if len(seen) > settings.dedup_max_per_user:
         seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-settings.dedup_max_per_user :])
     state["seen"] = seen
@@ -393,8 +438,8 @@ def features(
 
 
 def _features(
-    short: dict[str, int],
-    long: dict[str, int],
+    short: _Sums,
+    long: _Sums,
     item_id: str,
     creator_id: str | None,
     category: str | None,
@@ -404,8 +449,8 @@ def _features(
 
 
 def _feature_row(
-    short: dict[str, int],
-    long: dict[str, int],
+    short: _Sums,
+    long: _Sums,
     item_id: str,
     creator_id: str | None,
     category: str | None,
