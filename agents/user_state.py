@@ -66,8 +66,8 @@ def new_state() -> State:
 def copy_state(state: State | None) -> State:
     """A deep copy, so callers' state is never mutated.
 
-    Copies exactly the containers the functions here change; the rest (each pending
-    impression's features, the window buckets until ``_count`` writes one) is shared.
+    Copies exactly the containers the functions here change; the rest (list entries, the
+    window buckets until ``_count`` writes one) is shared.
     """
     if state is None:
         return new_state()
@@ -78,10 +78,12 @@ def copy_state(state: State | None) -> State:
     # user's state holds up to 58 buckets, and a batch writes one or two.
     copied["short"] = dict(state["short"])
     copied["long"] = dict(state["long"])
-    copied["pending"] = [{**p, "kinds": list(p["kinds"])} for p in state["pending"]]
-    copied["orphans"] = [dict(o) for o in state["orphans"]]
-    copied["candidates"] = [dict(c) for c in state["candidates"]]
-    copied["suppressions"] = [dict(x) for x in state["suppressions"]]
+    # Their entries are replaced, never changed: a pending impression that a feedback joins
+    # is copied first (``_apply_feedback``).
+    copied["pending"] = list(state["pending"])
+    copied["orphans"] = list(state["orphans"])
+    copied["candidates"] = list(state["candidates"])
+    copied["suppressions"] = list(state["suppressions"])
     return copied
 
 
@@ -263,10 +265,13 @@ def _apply_feedback(
         "kind": fb.kind,
         "timestamp": fb.timestamp,
     }
-    for pending in reversed(state["pending"]):
+    pendings = state["pending"]
+    for index in range(len(pendings) - 1, -1, -1):
+        pending = pendings[index]
         if _joins(pending, orphan, settings):
-            pending["kinds"].append(fb.kind)
-            pending["label_ts"] = fb.timestamp
+            # A copy: the caller's state may share this entry (see ``copy_state``).
+            kinds = [*pending["kinds"], fb.kind]
+            pendings[index] = {**pending, "kinds": kinds, "label_ts": fb.timestamp}
             break
     else:
         state["orphans"].append(orphan)
