@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=int,
         default=None,
         help="stream length, about one example an impression; the join grows faster than "
-        "linearly (a user's table grows with the stream): ~75 s at 200k, ~16 min at 1M",
+        "linearly (a user's table grows with the stream): ~60 s at 200k, ~8 min at 1M",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
