@@ -34,6 +34,31 @@ log = logging.getLogger(__name__)
 SEEN_EXAMPLES = 200_000
 #: The most recent of those written into each checkpoint.
 CHECKPOINTED_IDS = 50_000
+#: Most event ids a ScoreUpdate names as its triggers.
+MAX_TRIGGER_IDS = 50
+
+
+def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
+    """The event ids a ScoreUpdate names: feedback events first, then the newest examples.
+
+    ``triggers`` are ``(event_id, produced_ms)`` in arrival order; a feedback event has its
+    produce time, a learned example ``None``. A busy user gathers many learned examples
+    between two updates, and a ranking service matches the update to the feedback it reacts
+    to, so feedback ids are kept before example ids (the newest of each, at most
+    :data:`MAX_TRIGGER_IDS` in all).
+
+    Examples
+    --------
+    >>> trigger_ids([("f1", 5), *((f"x{n}", None) for n in range(60)), ("f2", 9)])[:4]
+    ('f1', 'f2', 'x12', 'x13')
+    >>> len(trigger_ids([(f"f{n}", n) for n in range(80)]))
+    50
+    """
+    feedback = [event_id for event_id, produced_ms in triggers if produced_ms is not None]
+    kept = feedback[-MAX_TRIGGER_IDS:]
+    room = MAX_TRIGGER_IDS - len(kept)
+    examples = [event_id for event_id, produced_ms in triggers if produced_ms is None]
+    return tuple(kept + (examples[-room:] if room else []))
 
 
 @dataclass(frozen=True)
@@ -261,7 +286,7 @@ class ModelService:
                 source="model",
                 model_version=version,
                 timestamp=job.state["clock"],
-                trigger_event_ids=tuple(t for t, _ in job.triggers[-50:]),
+                trigger_event_ids=trigger_ids(job.triggers),
                 scores=tuple(sorted(scores, key=lambda s: -s.score)),
                 suppressions=job.suppressions,
             )
