@@ -36,6 +36,8 @@ SEEN_EXAMPLES = 200_000
 CHECKPOINTED_IDS = 50_000
 #: Most event ids a ScoreUpdate names as its triggers.
 MAX_TRIGGER_IDS = 50
+#: Most triggers queued for one user between two updates (the newest are kept).
+MAX_QUEUED_TRIGGERS = 1000
 
 
 def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
@@ -112,6 +114,8 @@ class ModelService:
         self.seen: OrderedDict[str, None] = OrderedDict.fromkeys(self.resumed_ids)
         self.pending: dict[str, list[tuple[str, int | None]]] = {}
         self.last_refresh: dict[str, float] = {}
+        # Queued users without candidates yet, and since when (see ``_due_jobs``).
+        self.waiting_since: dict[str, float] = {}
         self.batches_since_checkpoint = 0
         self.last_checkpoint = time.monotonic()
         self.on_learned: list[Callable[[list[dict[str, Any]], np.ndarray], None]] = []
@@ -202,27 +206,45 @@ class ModelService:
 
     def request_refresh(self, user_id: str, trigger_id: str, produced_ms: int | None) -> None:
         """Queue ``user_id`` for rescoring because of event ``trigger_id``."""
-        self.pending.setdefault(user_id, []).append((trigger_id, produced_ms))
+        triggers = self.pending.setdefault(user_id, [])
+        triggers.append((trigger_id, produced_ms))
+        if len(triggers) > MAX_QUEUED_TRIGGERS:
+            # A flooding user: an update names at most MAX_TRIGGER_IDS of them anyway.
+            del triggers[: len(triggers) - MAX_QUEUED_TRIGGERS]
+
+    def _due_jobs(self, now: float) -> list[_Rescore]:
+        """Take the queued users due a refresh that have candidates to score.
+
+        A user's feedback can be read before the impressions that give it candidates (the
+        two input topics are read independently), so a user without candidates keeps its
+        triggers queued, for up to ``label_window_s``: the update that follows its first
+        impression still names the feedback.
+        """
+        jobs: list[_Rescore] = []
+        interval, patience = self.settings.score_min_interval_s, self.settings.label_window_s
+        for user in list(self.pending):
+            if now - self.last_refresh.get(user, 0.0) < interval:
+                continue
+            state = cast(Any, self.users).data.get(user)
+            if not (state and state.get("candidates")):
+                since = self.waiting_since.setdefault(user, now)
+                if now - since >= patience:
+                    del self.pending[user], self.waiting_since[user]
+                    metrics.REFRESHES_WITHOUT_CANDIDATES.inc()
+                continue
+            self.waiting_since.pop(user, None)
+            active = active_suppressions(state)
+            if self.lane is not None:
+                active = self.lane.merge(user, active, state["clock"])
+            jobs.append(_Rescore(user, state, self.pending.pop(user), active))
+            self.last_refresh[user] = now
+        return jobs
 
     async def refresh(self) -> None:
         """Rescore the queued users that have not been refreshed too recently."""
         if not self.pending:
             return
-        now = time.monotonic()
-        due = [
-            user for user in self.pending
-            if now - self.last_refresh.get(user, 0.0) >= self.settings.score_min_interval_s
-        ]  # fmt: skip
-        jobs: list[_Rescore] = []
-        for user in due:
-            triggers = self.pending.pop(user)
-            state = cast(Any, self.users).data.get(user)
-            if state and state.get("candidates"):
-                active = active_suppressions(state)
-                if self.lane is not None:
-                    active = self.lane.merge(user, active, state["clock"])
-                jobs.append(_Rescore(user, state, triggers, active))
-                self.last_refresh[user] = now
+        jobs = self._due_jobs(time.monotonic())
         if not jobs:
             return
         # Featurising, scoring and encoding run on the model thread: stored states are

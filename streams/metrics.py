@@ -51,6 +51,10 @@ FLAGGED_USERS = Counter(
 SCORE_UPDATES = Counter(
     "negstream_score_updates_total", "ScoreUpdates published, by source.", ["source"]
 )
+REFRESHES_WITHOUT_CANDIDATES = Counter(
+    "negstream_refreshes_without_candidates_total",
+    "Users queued for a model refresh that still had no candidates after the label window.",
+)
 FEEDBACK_TO_SCORE = Histogram(
     "negstream_feedback_to_score_seconds",
     "Wall time from feedback produced (broker timestamp) to its ScoreUpdate sent, by path.",
