@@ -412,9 +412,7 @@ def table_view(state: State, settings: Settings) -> dict[str, Any]:
         ),
     }
     for name, (buckets, window) in spans.items():
-        merged: Counter[str] = Counter()
-        for index in window:
-            merged.update(buckets.get(str(index), {}))
+        merged = Counter(windows.merge(buckets, window))
         impressions, negatives = merged["imp"], merged["neg"]
         view[name] = {
             "impressions": impressions,

@@ -68,9 +68,7 @@ async def _adapt_fetch_wait(fetcher: Any, assignment: Any, node_id: int, request
     for topic, partitions in request.topics:
         for partition, offset, _ in partitions:
             tp = TopicPartition(topic, partition)
-            if tp in fetcher._records:
-                got = True
-                break
+            got = got or tp in fetcher._records
             highwater = assignment.state_value(tp).highwater
             starved = starved or (highwater is not None and highwater > offset)
     starved = starved and not got
