@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from faust.types import Message
 
 from agents import user_state
 from agents.drift import DriftReporter
 from agents.fast_lane import FastLane
 from agents.pipeline import InputPipeline
 from agents.trainer import ModelService
+from streams import bulk
+from streams.bulk import BulkSource
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 from streams.tables import declare_users_table
@@ -37,20 +41,24 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     pipeline.on_feedback = service.request_refresh
     drift = DriftReporter(settings, topics, users, service)
 
-    @app.agent(topics.inputs, name="negstream.input")
-    async def input_agent(stream: Any) -> None:
-        # Events are acked once the batch's records are delivered (see InputPipeline).
-        async for events in stream.noack_take(settings.batch_size, settings.batch_within_s):
-            await pipeline.process(events, stream.ack)
+    # The two hot topics are read in bulk (see streams.bulk), not by Faust agents: Faust
+    # still subscribes to them, assigns them and commits their acked offsets.
+    inputs = BulkSource(app, topics.inputs.topics, max(4096, 4 * settings.batch_size))
+    examples = BulkSource(app, topics.examples.topics, max(4096, 4 * settings.train_batch_size))
+    app.topics.add(topics.inputs)
+    app.topics.add(topics.examples)
 
-    @app.agent(topics.examples, name="negstream.trainer")
-    async def trainer_agent(stream: Any) -> None:
-        batches = stream.take_events(settings.train_batch_size, settings.train_max_wait_s)
-        try:
-            async for events in batches:
-                await service.train(events)
-        finally:
-            service.close()
+    def acked(messages: list[Message]) -> None:
+        bulk.ack(app.consumer, messages)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def input_reader() -> None:
+        # Events are acked once the batch's records are delivered (see InputPipeline).
+        await _until_failure(app, "input", pipeline_batches(inputs, pipeline, settings, acked))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def trainer() -> None:
+        await _until_failure(app, "trainer", train_batches(examples, service, settings, acked))
 
     @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
     async def score_refresh() -> None:
@@ -108,3 +116,41 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         return web.json(user_state.table_view(state, settings))
 
     return pipeline
+
+
+async def pipeline_batches(
+    source: BulkSource,
+    pipeline: InputPipeline,
+    settings: Settings,
+    acked: Callable[[list[Message]], None],
+) -> None:
+    """Feed the input pipeline one micro-batch at a time, for ever."""
+    while True:
+        messages = await source.take(settings.batch_size, settings.batch_within_s)
+        await pipeline.process(messages, acked)
+
+
+async def train_batches(
+    source: BulkSource,
+    service: ModelService,
+    settings: Settings,
+    acked: Callable[[list[Message]], None],
+) -> None:
+    """Test-then-train one micro-batch of examples at a time; checkpoint when stopped."""
+    try:
+        while True:
+            messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
+            await service.train(messages)
+            acked(messages)
+    finally:
+        service.close()
+
+
+async def _until_failure(app: faust.App, name: str, loop: Awaitable[None]) -> None:
+    # A failure here is a bug or a lost output, never bad input (that is dead-lettered): the
+    # worker stops, and a restart resumes from the committed offsets and the changelog.
+    try:
+        await loop
+    except Exception as error:
+        log.exception("the %s reader failed; the worker stops", name)
+        await app.crash(error)

@@ -7,11 +7,11 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from faust.types import TP, EventT, TableT
+from faust.types import TP, Message, TableT
 
 from agents import user_state
 from agents.fast_lane import FastLane
@@ -39,7 +39,8 @@ YIELD_EVERY_S = 0.002
 #: Batches whose records may wait for delivery while the next ones are computed.
 MAX_UNDELIVERED_STEPS = 8
 
-Ack = Callable[[EventT[Any]], Awaitable[Any]]
+#: Marks a delivered batch's input records processed (their offsets may be committed).
+Ack = Callable[[list[Message]], None]
 
 
 @dataclass
@@ -57,7 +58,7 @@ class _Step:
     )
     # (trigger event ids, produced ms by event id) of the updates, timed at delivery.
     timings: list[tuple[tuple[str, ...], dict[str, int | None]]] = field(default_factory=list)
-    events: list[EventT[Any]] = field(default_factory=list)
+    events: list[Message] = field(default_factory=list)
     ack: Ack | None = None
 
     def __bool__(self) -> bool:
@@ -120,7 +121,7 @@ class InputPipeline:
         self.deliverer: asyncio.Task[None] | None = None
         self.delivery_error: BaseException | None = None
 
-    async def process(self, events: list[EventT[Any]], ack: Ack | None = None) -> None:
+    async def process(self, events: list[Message], ack: Ack | None = None) -> None:
         """Decode, validate, dedupe, update tables, join and publish one micro-batch.
 
         The user states are stored at once; the batch's records are then delivered in the
@@ -195,8 +196,7 @@ class InputPipeline:
             await self.changelog.deliver(send_changelog)
         for step in steps:
             if step.ack is not None:
-                for event in step.events:
-                    await step.ack(event)
+                step.ack(step.events)
 
     def _time_updates(self, step: _Step) -> None:
         now = time.time()
@@ -208,11 +208,11 @@ class InputPipeline:
                         max(0.0, now - produced / 1000)
                     )
 
-    async def _process(self, events: list[EventT[Any]], step: _Step) -> None:
+    async def _process(self, events: list[Message], step: _Step) -> None:
         started = time.perf_counter()
         if self.index_stale:
             self.rebuild_index(self.users.items())
-        messages = [_raw(event) for event in events]
+        messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
         decoded = decode_batch(
             messages, self.impressions_topic, self.settings.max_payload_bytes, latest
@@ -534,18 +534,14 @@ class InputPipeline:
             await self.pause()
 
 
-def _raw(event: EventT[Any]) -> RawMessage:
-    message = event.message
-    key = (
-        event.key if event.key is None or isinstance(event.key, bytes) else str(event.key).encode()
-    )
-    value = event.value if event.value is None or isinstance(event.value, bytes) else None
+def _raw(message: Message) -> RawMessage:
+    key, value = message.key, message.value
     return RawMessage(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        key=key,
-        value=value,
+        key=key if key is None or isinstance(key, bytes) else str(key).encode(),
+        value=value if value is None or isinstance(value, bytes) else None,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
     )
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 import torch
-from faust.types import EventT, TableT
+from faust.types import Message, TableT
 
 from agents.fast_lane import FastLane
 from agents.suppression import active_suppressions
@@ -140,18 +140,16 @@ class ModelService:
             "model resumed at version %d from %s", self.model.version, self.settings.checkpoint_dir
         )
 
-    async def train(self, events: list[EventT[Any]]) -> None:
+    async def train(self, messages: list[Message]) -> None:
         """Test-then-train on one micro-batch of ``training-examples`` messages."""
         examples = []
-        for event in events:
-            self.offsets[event.message.partition] = event.message.offset
+        for message in messages:
+            self.offsets[message.partition] = message.offset
             try:
-                example = orjson.loads(event.value)
+                example = orjson.loads(message.value or b"")
                 example_id = example["example_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.warning(
-                    "skipping an undecodable training example at offset %d", event.message.offset
-                )
+                log.warning("skipping an undecodable training example at offset %d", message.offset)
                 continue
             if example_id in self.seen:
                 continue

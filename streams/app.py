@@ -9,7 +9,7 @@ import faust
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams import fetch_wait
+from streams import bulk, fetch_wait
 from streams.settings import Settings
 
 _create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
@@ -29,6 +29,9 @@ def _with_fetch_wait(thread: Any, transport: Any) -> Any:
 AIOKafkaConsumerThread._create_worker_consumer = _with_fetch_wait  # type: ignore[method-assign,assignment]
 # A short wait stalls a consumer that is behind on Tansu; see ``streams.fetch_wait``.
 fetch_wait.install()
+# The hot topics' records go to batch buffers, not through Faust's per-record path; see
+# ``streams.bulk``.
+bulk.install()
 
 _wait_next_records = Consumer._wait_next_records
 

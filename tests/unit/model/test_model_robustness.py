@@ -103,8 +103,9 @@ def test_adversarial_perturbation_raises_the_loss() -> None:
         [row(f"i{i}", "c1", "news", "hide" if i % 2 else "click") for i in range(32)], CONFIG
     )
     ids, dense, wide_rows = model._tensors(batch)
-    targets = torch.from_numpy(batch.targets)
-    weights = torch.from_numpy(batch.weights)
+    # On the model's device (cuda when present), as learn_many puts them.
+    targets = torch.from_numpy(batch.targets).to(model.device)
+    weights = torch.from_numpy(batch.weights).to(model.device)
     embedded = model._net.embed(ids)
     clean = _weighted_bce(model._net.head(embedded, dense, wide_rows), targets, weights)
     adversarial = model._adversarial_loss(clean, ids, embedded, dense, wide_rows, targets, weights)

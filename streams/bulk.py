@@ -1,0 +1,160 @@
+"""Bulk reading: the hot topics' records go from Faust's consumer straight into batches.
+
+Faust hands every fetched record to its agents one at a time: a task and a wait for each
+record (``Consumer._drain_messages``), then a channel queue, a stream step, sensors and an
+ack. Measured on the worker at a backlog, that machinery held the GIL for about 40% of the
+worker's time, more than all of negstream's own per-event work. The input and
+training-example topics are read here instead: the consumer's records for them are appended
+to a :class:`BulkSource` as they are fetched, and a task takes them a micro-batch at a time.
+
+Everything else stays Faust's: the consumer group, the partition assignment that keeps the
+users table next to its inputs, table recovery (the inputs are only fetched once it is
+done), flow control at a rebalance (a source is cleared like Faust's stream buffers, and
+records fetched before the rebalance are skipped), and offset commits of acked records.
+A taken record is tracked as in flight; ``ack`` marks it done, and Faust commits up to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from faust.transport.consumer import Consumer
+from faust.types import TP, Message
+
+__all__ = ["BulkSource", "ack", "install"]
+
+
+class BulkSource:
+    """Records of some topics, in fetch order, taken by one reader a batch at a time.
+
+    ``max_buffered`` bounds what waits here: past it, each partition that adds a record is
+    taken out of the consumer's fetches until the reader has taken the buffer below half.
+    """
+
+    def __init__(self, app: Any, topics: Iterable[str], max_buffered: int) -> None:
+        self.app = app
+        self.topics = frozenset(topics)
+        self.max_buffered = max_buffered
+        self.messages: deque[Message] = deque()
+        self.arrived = asyncio.Event()
+        self.paused: set[TP] = set()
+        # A rebalance clears the queues flow control manages (records fetched for the old
+        # assignment): this source is one of them.
+        app.flow_control.manage_queue(self)
+        sources = app.__dict__.setdefault("negstream_bulk_sources", {})
+        for topic in self.topics:
+            sources[topic] = self
+
+    def put(self, tp: TP, message: Message) -> None:
+        """Buffer one fetched record (called by the consumer's fetch loop)."""
+        self.messages.append(message)
+        self.arrived.set()
+        if len(self.messages) >= self.max_buffered and tp not in self.paused:
+            # Faust's own TP: the consumer's fetch loop yields aiokafka's, and the consumer's
+            # active-partition set must hold Faust's.
+            tp = TP(tp.topic, tp.partition)
+            self.paused.add(tp)
+            self.app.consumer.on_buffer_full(tp)
+
+    def clear(self) -> None:
+        """Drop what is buffered (at a rebalance: it is fetched again from the commit)."""
+        self.messages.clear()
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    async def take(self, max_records: int, within_s: float) -> list[Message]:
+        """The next batch: up to ``max_records`` records, waiting at most ``within_s`` for
+        more once the first has arrived.
+
+        Records fetched before the latest rebalance, or while flow is suspended by one, are
+        acked and left out, as Faust's streams do. Those returned are tracked as in flight:
+        nothing past them is committed until each is given to :func:`ack`.
+        """
+        while True:
+            while not self.messages:
+                self.arrived.clear()
+                await self.arrived.wait()
+            deadline = time.monotonic() + within_s
+            while len(self.messages) < max_records:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._pop(max_records)
+            if batch:
+                return batch
+
+    def _pop(self, max_records: int) -> list[Message]:
+        messages = self.messages
+        count = min(max_records, len(messages))
+        taken = [messages.popleft() for _ in range(count)]
+        if self.paused and len(messages) < self.max_buffered // 2:
+            for tp in self.paused:
+                self.app.consumer.on_buffer_drop(tp)
+            self.paused.clear()
+        consumer = self.app.consumer
+        active = self.app.flow_control.is_active()
+        generation = self.app.consumer_generation_id
+        unacked = consumer._unacked_messages
+        batch = []
+        for message in taken:
+            if not active or message.generation_id != generation:
+                message.ack(consumer)
+                continue
+            message.tracked = True
+            unacked.add(message)
+            batch.append(message)
+        return batch
+
+
+def ack(consumer: Any, messages: Iterable[Message]) -> None:
+    """Mark ``messages`` processed: their offsets may be committed."""
+    for message in messages:
+        message.ack(consumer)
+
+
+_getmany = Consumer.getmany
+
+
+async def _getmany_with_bulk_sources(consumer: Any, timeout: float) -> Any:
+    # Faust's own bookkeeping for each record of a bulk topic, as ``_drain_messages`` does
+    # before it hands a record to the conductor: the read offset, and a gap in the offsets
+    # (compacted records, transaction markers) that the commit may pass over.
+    sources = consumer.app.__dict__.get("negstream_bulk_sources")
+    if not sources:
+        async for item in _getmany(consumer, timeout):
+            yield item
+        return
+    read_offset = consumer._read_offset
+    async for tp, message in _getmany(consumer, timeout):
+        source = sources.get(tp.topic)
+        if source is None:
+            yield tp, message
+            continue
+        offset = message.offset
+        last = read_offset[tp]
+        if last is not None and offset < last:
+            continue
+        if last and offset - last > 1:
+            await consumer._add_gap(tp, last + 1, offset)
+        source.put(tp, message)
+        read_offset[tp] = offset
+    commit_every = consumer._commit_every
+    if commit_every is not None and consumer._n_acked >= commit_every:
+        consumer._n_acked = 0
+        await consumer.commit()
+
+
+def install() -> None:
+    """Route the records of topics that have a :class:`BulkSource` to it (idempotent)."""
+    if Consumer.getmany is not _getmany_with_bulk_sources:
+        Consumer.getmany = _getmany_with_bulk_sources  # type: ignore[assignment,method-assign]
