@@ -1,0 +1,170 @@
+"""Bulk reading of the hot topics: batches, back-pressure, rebalances and acks (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from faust.types import TP, Message
+from faust.types.tuples import ConsumerMessage
+from mode.utils.queues import FlowControlEvent
+
+from streams import bulk
+from streams.bulk import BulkSource
+
+
+class _Consumer:
+    """The parts of Faust's consumer a source uses, recording what it is told."""
+
+    def __init__(self) -> None:
+        self._unacked_messages: set[Message] = set()
+        self.acked: list[int] = []
+        self.full: list[TP] = []
+        self.dropped: list[TP] = []
+
+    def ack(self, message: Message) -> bool:
+        message.acked = True
+        self._unacked_messages.discard(message)
+        self.acked.append(message.offset)
+        return True
+
+    def on_buffer_full(self, tp: TP) -> None:
+        assert isinstance(tp, TP), "Faust's active-partition set holds Faust's TP only"
+        self.full.append(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        self.dropped.append(tp)
+
+
+def _app() -> Any:
+    flow = FlowControlEvent(initially_suspended=False)
+    return SimpleNamespace(consumer=_Consumer(), flow_control=flow, consumer_generation_id=1)
+
+
+def _message(offset: int, partition: int = 0, generation: int = 1) -> Message:
+    return ConsumerMessage(
+        "feedback", partition, offset, 0.0, 0, None, b"u1", b"{}", None, generation_id=generation
+    )
+
+
+def _put(source: BulkSource, *messages: Message) -> None:
+    for message in messages:
+        source.put(TopicPartition(message.topic, message.partition), message)
+
+
+def test_a_batch_is_at_most_max_records_in_fetch_order_and_tracked_until_acked() -> None:
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    _put(source, *(_message(offset) for offset in range(5)))
+    batch = asyncio.run(source.take(3, within_s=0.0))
+    assert [m.offset for m in batch] == [0, 1, 2]
+    assert set(app.consumer._unacked_messages) == set(batch), "in flight until acked"
+    bulk.ack(app.consumer, batch)
+    assert app.consumer.acked == [0, 1, 2] and not app.consumer._unacked_messages
+    assert [m.offset for m in asyncio.run(source.take(10, within_s=0.0))] == [3, 4]
+
+
+def test_take_waits_within_s_for_a_fuller_batch() -> None:
+    async def scenario() -> list[int]:
+        source = BulkSource(_app(), ["feedback"], max_buffered=100)
+        _put(source, _message(0))
+
+        async def later() -> None:
+            await asyncio.sleep(0.01)
+            _put(source, _message(1), _message(2))
+
+        task = asyncio.create_task(later())
+        batch = await source.take(3, within_s=1.0)
+        await task
+        return [m.offset for m in batch]
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+
+
+def test_take_waits_for_a_first_record() -> None:
+    async def scenario() -> bool:
+        source = BulkSource(_app(), ["feedback"], max_buffered=100)
+        waiting = asyncio.create_task(source.take(3, within_s=0.0))
+        await asyncio.sleep(0.01)
+        assert not waiting.done(), "no empty batches"
+        _put(source, _message(7))
+        return [m.offset for m in await waiting] == [7]
+
+    assert asyncio.run(scenario())
+
+
+def test_a_full_buffer_pauses_the_partitions_that_add_to_it_until_it_drains() -> None:
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=4)
+    _put(source, *(_message(offset) for offset in range(3)))
+    assert app.consumer.full == []
+    _put(source, _message(3), _message(4), _message(0, partition=1))
+    assert app.consumer.full == [TP("feedback", 0), TP("feedback", 1)]
+    asyncio.run(source.take(2, within_s=0.0))
+    assert app.consumer.dropped == [], "4 left: not below half"
+    asyncio.run(source.take(1, within_s=0.0))
+    assert app.consumer.dropped == [], "3 left: not below half"
+    asyncio.run(source.take(2, within_s=0.0))
+    assert sorted(app.consumer.dropped) == [TP("feedback", 0), TP("feedback", 1)]
+
+
+def test_records_from_before_a_rebalance_are_acked_and_left_out() -> None:
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    _put(source, _message(0, generation=1), _message(1, generation=2))
+    app.consumer_generation_id = 2
+    batch = asyncio.run(source.take(10, within_s=0.0))
+    assert [m.offset for m in batch] == [1]
+    assert app.consumer.acked == [0]
+
+
+def test_a_rebalance_clears_what_is_buffered() -> None:
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    _put(source, _message(0), _message(1))
+    app.flow_control.suspend()
+    app.flow_control.clear()
+    assert len(source) == 0
+
+
+def test_the_consumer_routes_bulk_topics_to_their_source_and_yields_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    fetched = [
+        (TopicPartition("feedback", 0), _message(5)),
+        (TopicPartition("users-changelog", 0), _message(0)),
+        (TopicPartition("feedback", 0), _message(4)),  # behind the read offset: dropped
+        (TopicPartition("feedback", 0), _message(9)),  # 6..8 missing: a gap
+    ]
+
+    async def getmany(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Message]]:
+        for item in fetched:
+            yield item
+
+    gaps: list[tuple[int, int]] = []
+
+    async def add_gap(tp: TP, start: int, end: int) -> None:
+        gaps.append((start, end))
+
+    consumer = app.consumer
+    consumer.app = app
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._add_gap = add_gap
+    consumer._commit_every = None
+    monkeypatch.setattr(bulk, "_getmany", getmany)
+
+    async def drain() -> list[Any]:
+        return [item async for item in bulk._getmany_with_bulk_sources(consumer, 1.0)]
+
+    passed = asyncio.run(drain())
+    assert [tp.topic for tp, _ in passed] == ["users-changelog"]
+    assert [m.offset for m in source.messages] == [5, 9]
+    assert gaps == [(6, 9)]
+    assert consumer._read_offset[TopicPartition("feedback", 0)] == 9
