@@ -29,7 +29,7 @@ SHUTDOWN_FLUSH_S = 10.0
 
 
 def register(app: faust.App, settings: Settings) -> InputPipeline:
-    """Declare topics and tables on ``app`` and register every agent, timer and page."""
+    """Declare topics and tables on ``app`` and register every reader, timer and page."""
     topics = declare_topics(app, settings)
     users = declare_users_table(app, settings)
     pseudonym = Pseudonymizer(settings.pseudonymize_key)

@@ -1,18 +1,18 @@
 """The fast lane: a strong negative's suppression published as soon as it is fetched.
 
-The input agent handles events a micro-batch at a time, behind whatever batch is in front
+The input pipeline handles events a micro-batch at a time, behind whatever batch is in front
 of it and whatever else the event loop runs. The fast lane is a small thread running its
 own event loop with its own consumer of the feedback partitions this worker owns (no
 consumer group: it follows the worker's assignment, from the end of each partition) and its
 own producer. A strong
 explicit negative gets its ``ScoreUpdate`` (``source="fast_path"``) straight away,
-computed by the same pure functions from the user's stored state. The input agent still
+computed by the same pure functions from the user's stored state. The input pipeline still
 applies the event, writes the state and publishes its own update, so the lane only ever
 makes suppressions earlier: if it fails or falls behind, nothing is lost.
 
-Until the input agent has stored a state that includes a lane event, the lane's
+Until the input pipeline has stored a state that includes a lane event, the lane's
 suppressions for it are *pending*: every ``ScoreUpdate`` the worker publishes meanwhile,
-by the input agent or the model, merges them in (:meth:`FastLane.merge`), so a later
+by the input pipeline or the model, merges them in (:meth:`FastLane.merge`), so a later
 update for the user does not drop a suppression the lane already published.
 
 Stored user states are never changed in place (every write stores a new dict), so the
@@ -46,7 +46,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Wall seconds a lane event stays pending when the input agent never reports it applied
+#: Wall seconds a lane event stays pending when the input pipeline never reports it applied
 #: (e.g. its partition moved to another worker in between).
 PENDING_TTL_S = 300.0
 #: Kinds worth decoding a record for: a cheap byte test before the full validation.
@@ -247,7 +247,7 @@ class FastLane:
                 message, self.impressions_topic, self.settings.max_payload_bytes, latest
             )
         except ValidationError:
-            return  # the input agent dead-letters it
+            return  # the input pipeline dead-letters it
         if isinstance(feedback, Feedback) and feedback.kind in STRONG_NEGATIVE:
             self._publish(producer, feedback, partition, record.timestamp)
 
@@ -265,7 +265,7 @@ class FastLane:
             stored, [*earlier, feedback], self.settings, self.watermark(partition)
         )
         update = next((u for u in out.updates if u.trigger_event_ids == (feedback.event_id,)), None)
-        if update is None:  # a duplicate or late: the input agent will not apply it either
+        if update is None:  # a duplicate or late: the input pipeline will not apply it either
             return
         with self.lock:
             self.pending.setdefault(user, {})[feedback.event_id] = _Pending(
@@ -316,7 +316,7 @@ class FastLane:
         return tuple(merged.values())
 
     def applied(self, user_id: str, event_ids: Iterable[str]) -> None:
-        """The input agent stored a state that accounts for these events."""
+        """The input pipeline stored a state that accounts for these events."""
         with self.lock:
             pending = self.pending.get(user_id)
             if pending is None:

@@ -1,4 +1,4 @@
-"""The input agent: one micro-batch at a time through ingest, per-user tables and the join."""
+"""The input pipeline: one micro-batch at a time through ingest, per-user tables and the join."""
 
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ class InputPipeline:
             try:
                 await self._deliver(steps)
             except Exception as error:  # not a broker outage (those are retried): a bug
-                log.exception("delivering a batch's records failed; the input agent stops")
+                log.exception("delivering a batch's records failed; the worker stops")
                 self.delivery_error = error
                 return
             finally:
@@ -254,7 +254,7 @@ class InputPipeline:
                     message.offset - expected
                 )
                 log.warning(
-                    "input %s[%d]: offsets %d..%d were never handed to the input agent",
+                    "input %s[%d]: offsets %d..%d were never handed to the input pipeline",
                     message.topic, message.partition, expected, message.offset - 1,
                 )  # fmt: skip
             self.next_offset[source] = max(expected or 0, message.offset + 1)

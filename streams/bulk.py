@@ -9,9 +9,13 @@ to a :class:`BulkSource` as they are fetched, and a task takes them a micro-batc
 
 Everything else stays Faust's: the consumer group, the partition assignment that keeps the
 users table next to its inputs, table recovery (the inputs are only fetched once it is
-done), flow control at a rebalance (a source is cleared like Faust's stream buffers, and
-records fetched before the rebalance are skipped), and offset commits of acked records.
-A taken record is tracked as in flight; ``ack`` marks it done, and Faust commits up to it.
+done), flow control (nothing is taken while a rebalance suspends it) and offset commits of
+acked records. A taken record is tracked as in flight; ``ack`` marks it done, and Faust
+commits up to it. A record fetched before the latest rebalance is dropped when its turn
+comes, unacked: every rebalance ends with the consumer sought back to the committed offsets,
+so it is fetched again if this worker still owns its partition. A source is never cleared:
+Faust clears the queues flow control manages when flow resumes, and it resumes after the
+seek, so records fetched in between would be lost.
 """
 
 from __future__ import annotations
@@ -42,9 +46,6 @@ class BulkSource:
         self.messages: deque[Message] = deque()
         self.arrived = asyncio.Event()
         self.paused: set[TP] = set()
-        # A rebalance clears the queues flow control manages (records fetched for the old
-        # assignment): this source is one of them.
-        app.flow_control.manage_queue(self)
         sources = app.__dict__.setdefault("negstream_bulk_sources", {})
         for topic in self.topics:
             sources[topic] = self
@@ -60,10 +61,6 @@ class BulkSource:
             self.paused.add(tp)
             self.app.consumer.on_buffer_full(tp)
 
-    def clear(self) -> None:
-        """Drop what is buffered (at a rebalance: it is fetched again from the commit)."""
-        self.messages.clear()
-
     def __len__(self) -> int:
         return len(self.messages)
 
@@ -71,14 +68,15 @@ class BulkSource:
         """The next batch: up to ``max_records`` records, waiting at most ``within_s`` for
         more once the first has arrived.
 
-        Records fetched before the latest rebalance, or while flow is suspended by one, are
-        acked and left out, as Faust's streams do. Those returned are tracked as in flight:
-        nothing past them is committed until each is given to :func:`ack`.
+        Waits while a rebalance suspends flow. Records fetched before the latest rebalance are
+        left out, unacked (see the module's docstring). Those returned are tracked as in
+        flight: nothing past them is committed until each is given to :func:`ack`.
         """
         while True:
             while not self.messages:
                 self.arrived.clear()
                 await self.arrived.wait()
+            await self.app.flow_control.acquire()
             deadline = time.monotonic() + within_s
             while len(self.messages) < max_records:
                 remaining = deadline - time.monotonic()
@@ -101,14 +99,11 @@ class BulkSource:
             for tp in self.paused:
                 self.app.consumer.on_buffer_drop(tp)
             self.paused.clear()
-        consumer = self.app.consumer
-        active = self.app.flow_control.is_active()
         generation = self.app.consumer_generation_id
-        unacked = consumer._unacked_messages
+        unacked = self.app.consumer._unacked_messages
         batch = []
         for message in taken:
-            if not active or message.generation_id != generation:
-                message.ack(consumer)
+            if message.generation_id != generation:
                 continue
             message.tracked = True
             unacked.add(message)

@@ -73,7 +73,7 @@ FAST_LANE_PARTITIONS = Gauge(
 )
 FAST_LANE_FAILURES = Counter(
     "negstream_fast_lane_failures_total",
-    "Fast-lane ScoreUpdates the broker did not take (the input agent publishes them later).",
+    "Fast-lane ScoreUpdates the broker did not take (the input pipeline publishes them later).",
 )
 PENDING_IMPRESSIONS = Gauge(
     "negstream_pending_impressions", "Impressions waiting for their label window to close."

@@ -35,7 +35,7 @@ SWITCH_INTERVAL_S = 0.001
 
 
 def create_app(settings: Settings) -> faust.App:
-    """The app with every agent registered and /metrics served."""
+    """The app with every reader and timer registered and /metrics served."""
     import agents
 
     app = build_app(settings)

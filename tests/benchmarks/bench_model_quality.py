@@ -147,7 +147,7 @@ def join_stream(n_impressions: int, seed: int, probe_rate: float) -> JoinedStrea
 
     Events are taken in emission order in micro-batches of ``Settings.batch_size``, grouped
     by user and folded with ``apply_events`` then ``advance`` under a watermark of the newest
-    event time less ``watermark_delay_s``, as the input agent does; users whose label window
+    event time less ``watermark_delay_s``, as the input pipeline does; users whose label window
     closes while they are idle are advanced too. Examples come out in publication order.
     """
     started = time.perf_counter()

@@ -75,7 +75,7 @@ def measure(
 def measure_pipelined(device: str, batch_size: int = 1024, batches: int = 60) -> float:
     """Examples/s when batch k+1 is featurised while a worker thread trains on batch k.
 
-    The shape the trainer agent should take: featurising is GIL-bound Python, training spends
+    The shape the trainer should take: featurising is GIL-bound Python, training spends
     most of its time in torch kernels that release the GIL, so the two overlap on two cores.
     """
     config = ModelConfig(device=device)

@@ -347,10 +347,10 @@ def start_worker(settings: Settings, log_path: Path, workers: list[WorkerProcess
 
 
 def wait_ready(worker: WorkerProcess, producer: KafkaProducer, user: str, timeout: float) -> None:
-    """Send one fresh impression and wait until the input agent has counted it.
+    """Send one fresh impression and wait until the input pipeline has counted it.
 
     The metrics port opens before the consumer group has joined; only a processed event
-    shows the input agent is really consuming.
+    shows the input pipeline is really consuming.
     """
     before = events_total(worker)
     value = {"event_id": f"ready-{user}", "user_id": user, "item_id": "ready",

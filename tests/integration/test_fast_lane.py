@@ -14,7 +14,7 @@ from tests.support import WorkerProcess, consume, isolated_settings, produce
 
 pytestmark = pytest.mark.broker
 
-#: The input agent waits this long to fill a micro-batch, so only the lane can answer sooner.
+#: The input pipeline waits this long to fill a micro-batch, so only the lane can answer sooner.
 HELD_BATCH_S = 12.0
 
 
