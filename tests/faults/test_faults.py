@@ -304,7 +304,7 @@ def url_of(worker: WorkerProcess) -> str:
 @pytest.mark.xfail(
     strict=False,
     reason="known bug, open: around the takeover's rebalance Faust can skip a few input "
-    "offsets of a partition the survivor keeps (never handed to the agent; counted in "
+    "offsets of a partition the survivor keeps (never handed to the input pipeline; counted in "
     "negstream_input_offset_gaps_total), losing their examples or feedback joins",
 )
 def test_two_workers_split_partitions_and_the_survivor_takes_over(
