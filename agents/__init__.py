@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
-from faust.types import Message
 
 from agents import user_state
 from agents.drift import DriftReporter
 from agents.fast_lane import FastLane
 from agents.pipeline import InputPipeline
 from agents.trainer import ModelService
-from streams import bulk
 from streams.bulk import BulkSource
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -48,17 +46,14 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     app.topics.add(topics.inputs)
     app.topics.add(topics.examples)
 
-    def acked(messages: list[Message]) -> None:
-        bulk.ack(app.consumer, messages)
-
     @app.task  # type: ignore[untyped-decorator]
     async def input_reader() -> None:
         # Events are acked once the batch's records are delivered (see InputPipeline).
-        await _until_failure(app, "input", pipeline_batches(inputs, pipeline, settings, acked))
+        await _until_failure(app, "input", pipeline_batches(inputs, pipeline, settings))
 
     @app.task  # type: ignore[untyped-decorator]
     async def trainer() -> None:
-        await _until_failure(app, "trainer", train_batches(examples, service, settings, acked))
+        await _until_failure(app, "trainer", train_batches(examples, service, settings))
 
     @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
     async def score_refresh() -> None:
@@ -122,26 +117,24 @@ async def pipeline_batches(
     source: BulkSource,
     pipeline: InputPipeline,
     settings: Settings,
-    acked: Callable[[list[Message]], None],
 ) -> None:
     """Feed the input pipeline one micro-batch at a time, for ever."""
     while True:
         messages = await source.take(settings.batch_size, settings.batch_within_s)
-        await pipeline.process(messages, acked)
+        await pipeline.process(messages, source.ack)
 
 
 async def train_batches(
     source: BulkSource,
     service: ModelService,
     settings: Settings,
-    acked: Callable[[list[Message]], None],
 ) -> None:
     """Test-then-train one micro-batch of examples at a time; checkpoint when stopped."""
     try:
         while True:
             messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
             await service.train(messages)
-            acked(messages)
+            source.ack(messages)
     finally:
         service.close()
 

@@ -535,13 +535,13 @@ class InputPipeline:
 
 
 def _raw(message: Message) -> RawMessage:
-    key, value = message.key, message.value
+    # Bulk-read records are never decoded by Faust: key and value are the broker's bytes.
     return RawMessage(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
-        key=key if key is None or isinstance(key, bytes) else str(key).encode(),
-        value=value if value is None or isinstance(value, bytes) else None,
+        key=message.key,
+        value=message.value,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
     )
 

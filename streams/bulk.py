@@ -10,7 +10,7 @@ to a :class:`BulkSource` as they are fetched, and a task takes them a micro-batc
 Everything else stays Faust's: the consumer group, the partition assignment that keeps the
 users table next to its inputs, table recovery (the inputs are only fetched once it is
 done), flow control (nothing is taken while a rebalance suspends it) and offset commits of
-acked records. A taken record is tracked as in flight; ``ack`` marks it done, and Faust
+acked records. A taken record is tracked as in flight; ``BulkSource.ack`` marks it done, and Faust
 commits up to it. A record fetched before the latest rebalance is dropped when its turn
 comes, unacked: every rebalance ends with the consumer sought back to the committed offsets,
 so it is fetched again if this worker still owns its partition. A source is never cleared:
@@ -29,7 +29,7 @@ from typing import Any
 from faust.transport.consumer import Consumer
 from faust.types import TP, Message
 
-__all__ = ["BulkSource", "ack", "install"]
+__all__ = ["BulkSource", "install"]
 
 
 class BulkSource:
@@ -61,16 +61,13 @@ class BulkSource:
             self.paused.add(tp)
             self.app.consumer.on_buffer_full(tp)
 
-    def __len__(self) -> int:
-        return len(self.messages)
-
     async def take(self, max_records: int, within_s: float) -> list[Message]:
         """The next batch: up to ``max_records`` records, waiting at most ``within_s`` for
         more once the first has arrived.
 
         Waits while a rebalance suspends flow. Records fetched before the latest rebalance are
         left out, unacked (see the module's docstring). Those returned are tracked as in
-        flight: nothing past them is committed until each is given to :func:`ack`.
+        flight: nothing past them is committed until each is given to :meth:`ack`.
         """
         while True:
             while not self.messages:
@@ -110,11 +107,11 @@ class BulkSource:
             batch.append(message)
         return batch
 
-
-def ack(consumer: Any, messages: Iterable[Message]) -> None:
-    """Mark ``messages`` processed: their offsets may be committed."""
-    for message in messages:
-        message.ack(consumer)
+    def ack(self, messages: Iterable[Message]) -> None:
+        """Mark taken ``messages`` processed: their offsets may be committed."""
+        consumer = self.app.consumer
+        for message in messages:
+            message.ack(consumer)
 
 
 _getmany = Consumer.getmany

@@ -64,7 +64,7 @@ def test_a_batch_is_at_most_max_records_in_fetch_order_and_tracked_until_acked()
     batch = asyncio.run(source.take(3, within_s=0.0))
     assert [m.offset for m in batch] == [0, 1, 2]
     assert set(app.consumer._unacked_messages) == set(batch), "in flight until acked"
-    bulk.ack(app.consumer, batch)
+    source.ack(batch)
     assert app.consumer.acked == [0, 1, 2] and not app.consumer._unacked_messages
     assert [m.offset for m in asyncio.run(source.take(10, within_s=0.0))] == [3, 4]
 
