@@ -53,8 +53,10 @@ class _Step:
     """
 
     outputs: list[tuple[Any, bytes, bytes, int | None]] = field(default_factory=list)
-    changelog: dict[int, list[tuple[bytes | None, bytes]]] = field(
-        default_factory=lambda: defaultdict(list)
+    # The states written, by partition and user; serialised at delivery, where the steps
+    # delivered together keep only each user's newest state.
+    changelog: dict[int, dict[str, dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(dict)
     )
     # (trigger event ids, produced ms by event id) of the updates, timed at delivery.
     timings: list[tuple[tuple[str, ...], dict[str, int | None]]] = field(default_factory=list)
@@ -178,18 +180,21 @@ class InputPipeline:
         for step in steps:
             self._time_updates(step)
         # A user's newest state is all the changelog needs: batches delivered together send
-        # one record per user.
-        changelog: dict[int, dict[bytes | None, bytes]] = defaultdict(dict)
+        # one record per user, and only that one is serialised.
+        newest: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
         for step in steps:
             for partition, states in step.changelog.items():
-                changelog[partition].update(states)
-        if changelog:
+                newest[partition].update(states)
+        if newest:
+            changelog = {
+                partition: [self._changelog_record(user, state) for user, state in states.items()]
+                for partition, states in newest.items()
+            }
             topic = cast(Any, self.users).changelog_topic.get_topic_name()
 
             async def send_changelog() -> list[asyncio.Future[Any]]:
                 pending = []
-                for partition, states in changelog.items():
-                    records = list(states.items())
+                for partition, records in changelog.items():
                     pending += await self.changelog.send_partition(topic, partition, records)
                 return pending
 
@@ -398,15 +403,23 @@ class InputPipeline:
 
     def _store(
         self, user_id: str, partition: int, state: dict[str, Any], watermark: float
-    ) -> tuple[bytes | None, bytes]:
-        """Replace the user's state in the table; return its changelog record."""
+    ) -> dict[str, Any]:
+        """Replace the user's state in the table; return the state stored.
+
+        Stored states are never changed afterwards (every write stores a new dict), so the
+        changelog record can be made later, at delivery.
+        """
         state["partition"] = partition
         state["watermark"] = max(state.get("watermark", 0.0), watermark)
-        table: Any = self.users
-        table.data[user_id] = state
+        cast(Any, self.users).data[user_id] = state
         deadline = user_state.next_deadline(state, self.settings)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))
+        return state
+
+    def _changelog_record(self, user_id: str, state: dict[str, Any]) -> tuple[bytes | None, bytes]:
+        """The users table's changelog record of one stored state, as Faust writes it."""
+        table: Any = self.users
         topic = table.changelog_topic
         key, _ = topic.prepare_key(user_id, table.key_serializer)
         value, _ = topic.prepare_value(state, table.value_serializer)
@@ -425,8 +438,8 @@ class InputPipeline:
         an output be published again, stays short.
         """
         for user, partition, state in states:
-            step.changelog[partition].append(
-                self._store(user, partition, state, watermark(partition))
+            step.changelog[partition][user] = self._store(
+                user, partition, state, watermark(partition)
             )
             await self.pause()
 

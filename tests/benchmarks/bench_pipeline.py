@@ -4,7 +4,9 @@ Measures, each as one or more rows of a single markdown table:
 
 1. throughput of the full pipeline on a pre-loaded backlog, against the rate a bare aiokafka
    consumer reads the same topics (the ceiling for a Python consumer here);
-2. fast-path latency (feedback produced → suppression consumed) at paced loads;
+2. fast-path latency (feedback produced → suppression consumed) at paced loads, and at the
+   target rate the broker's own share: the fast path's first hop (feedback produced → read
+   by a plain consumer) alone on fresh topics, and again while the worker runs the load;
 3. model-path latency (feedback produced → first model ScoreUpdate naming it);
 4. worker memory per active user;
 5. start-to-ready of an empty worker (the latency worker's start), and of a restart that
@@ -587,11 +589,12 @@ async def _paced_run(
     """
     found: dict[tuple[str, str], float] = {}
     stop = asyncio.Event()
-    if tuple(sources) == (BROKER_HOP,):
-        watched = _collect(settings, settings.topic("feedback"), _event_id, found, stop)
-    else:
-        watched = _collect(settings, settings.topic("scores"), _score_triggers, found, stop)
-    collector = asyncio.create_task(watched)
+    watched = []
+    if BROKER_HOP in sources:
+        watched.append(_collect(settings, settings.topic("feedback"), _event_id, found, stop))
+    if set(sources) - {BROKER_HOP}:
+        watched.append(_collect(settings, settings.topic("scores"), _score_triggers, found, stop))
+    collector = asyncio.gather(*watched)
     await asyncio.sleep(1.0)  # the consumer is assigned and at the end before the load starts
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
@@ -629,6 +632,7 @@ def _latency_row(
     found: dict[tuple[str, str], float],
     source: str,
     target: tuple[str, float] | None,
+    context: str = "",
 ) -> None:
     """Add p50/p99 of probe → first ``source`` result; ``target`` is (text, p99 ms).
 
@@ -647,6 +651,7 @@ def _latency_row(
     notes = f"{verdict}matched {len(latencies)}/{len(probes)} probes"
     if latencies:
         notes += f", max {max(latencies):,.0f} ms; p99 by third of the run {by_third} ms"
+    notes += context
     report.add(name, f"p50 {p50:,.1f} ms, p99 {p99:,.1f} ms", target[0] if target else "", notes)
 
 
@@ -660,6 +665,8 @@ def load_rows(rate: float) -> list[str]:
     names = [f"offered load {rate:,.0f}/s", f"fast-path latency @ {rate:,.0f}/s"]
     if rate <= MODEL_PATH_MAX_RATE:
         names.append(f"model-path latency @ {rate:,.0f}/s")
+    if rate == TARGET_RATE:
+        names.append(f"broker hop with the worker on @ {rate:,.0f}/s")
     return names
 
 
@@ -744,6 +751,18 @@ def bench_latency(
                 if len(names) > 2:
                     model_target = ("p99 ≤ 1 s at 1k/s", 1000.0001) if at_target else None
                     _latency_row(report, names[2], probes, found, "model", model_target)
+                if at_target:
+                    # The same load again, timed at the fast path's first hop only: what the
+                    # broker adds while the worker (and the broker's work for it) runs.
+                    log(f"latency: broker hop with the worker on, {rate:,.0f} events/s")
+                    sent, _, probes, found = asyncio.run(
+                        _paced_run(settings, rate, seconds, 40 + index, f"hop{index}-",
+                                   plan.drain_s, (BROKER_HOP,))
+                    )  # fmt: skip
+                    context = (f"; run after the load above, on topics holding "
+                               f"{offered:,.0f} input events")  # fmt: skip
+                    offered += sent
+                    _latency_row(report, names[-1], probes, found, BROKER_HOP, None, context)
     finally:
         producer.close()
         worker.stop()
