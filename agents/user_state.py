@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from agents import windows
@@ -98,23 +99,28 @@ class _Sums:
 
     def __init__(self, buckets: dict[str, dict[str, int]], window: range) -> None:
         self.buckets, self.window = buckets, window
-        self.parts: list[dict[str, int]] | None = None
+        # The window's non-empty buckets by index, found on first read.
+        self.parts: dict[int, dict[str, int]] | None = None
         self.sums: dict[str, int] = {}
 
     def get(self, name: str, default: int = 0) -> int:
         """Total of ``name`` over the window (``default`` when it is 0)."""
         total = self.sums.get(name)
         if total is None:
-            if self.parts is None:
-                found = (self.buckets.get(str(index)) for index in self.window)
-                self.parts = [bucket for bucket in found if bucket]
-            total = self.sums[name] = sum(bucket.get(name, 0) for bucket in self.parts)
+            parts = self.parts
+            if parts is None:
+                found = ((index, self.buckets.get(str(index))) for index in self.window)
+                parts = self.parts = {index: bucket for index, bucket in found if bucket}
+            # map() over dict.get runs in C: no Python frame per bucket.
+            total = sum(map(dict.get, parts.values(), repeat(name), repeat(0)))
+            self.sums[name] = total
         return total or default
 
     def added(self, index: int, names: list[str]) -> None:
         """Account for ``names`` just counted in bucket ``index`` (which may be new or copied)."""
         if index in self.window:
-            self.parts = None
+            if self.parts is not None:
+                self.parts[index] = self.buckets[str(index)]
             sums = self.sums
             for name in names:
                 if name in sums:
