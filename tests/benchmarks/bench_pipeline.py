@@ -6,7 +6,8 @@ Measures, each as one or more rows of a single markdown table:
    consumer reads the same topics (the ceiling for a Python consumer here);
 2. fast-path latency (feedback produced → suppression consumed) at paced loads, and at the
    target rate the broker's own share: the fast path's first hop (feedback produced → read
-   by a plain consumer) alone on fresh topics, and during the worker's load;
+   by a plain consumer) alone on fresh topics (and, with ``--hop-during-load``, during the
+   worker's load);
 3. model-path latency (feedback produced → first model ScoreUpdate naming it);
 4. worker memory per active user;
 5. start-to-ready of an empty worker (the latency worker's start), and of a restart that
@@ -31,7 +32,7 @@ import time
 import traceback
 import urllib.error
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,10 @@ class Plan:
         Longest time spent loading users; the restart recovers whatever was loaded.
     recovery_cap_s : float
         Longest wait for the restarted worker to be ready.
+    hop_during_load : bool
+        Also time the target-rate probes' first hop with one more plain consumer during the
+        load. That consumer loads the broker too and lengthens the fast path's tail, so it is
+        off unless asked for (``--hop-during-load``).
     """
 
     throughput_events: int
@@ -93,6 +98,7 @@ class Plan:
     memory_users: tuple[int, ...]
     memory_cap_s: float
     recovery_cap_s: float
+    hop_during_load: bool = False
 
 
 FULL = Plan(
@@ -660,12 +666,12 @@ def broker_hop_row(rate: float) -> str:
     return f"broker hop alone @ {rate:,.0f}/s"
 
 
-def load_rows(rate: float) -> list[str]:
+def load_rows(rate: float, plan: Plan) -> list[str]:
     """Row names of one paced load."""
     names = [f"offered load {rate:,.0f}/s", f"fast-path latency @ {rate:,.0f}/s"]
     if rate <= MODEL_PATH_MAX_RATE:
         names.append(f"model-path latency @ {rate:,.0f}/s")
-    if rate == TARGET_RATE:
+    if rate == TARGET_RATE and plan.hop_during_load:
         names.append(f"broker hop during that load @ {rate:,.0f}/s")
     return names
 
@@ -673,7 +679,7 @@ def load_rows(rate: float) -> list[str]:
 def latency_rows(plan: Plan) -> list[str]:
     """Row names of the latency section."""
     hops = [broker_hop_row(rate) for rate, _ in plan.latency_loads if rate == TARGET_RATE]
-    return hops + [name for rate, _ in plan.latency_loads for name in load_rows(rate)]
+    return hops + [name for rate, _ in plan.latency_loads for name in load_rows(rate, plan)]
 
 
 def bench_broker_hop(
@@ -725,17 +731,16 @@ def bench_latency(
         offered = events_total(worker)
         for index, (rate, seconds) in enumerate(plan.latency_loads):
             log(f"latency: {rate:,.0f} events/s for {seconds:.0f} s")
-            names = load_rows(rate)
+            names = load_rows(rate, plan)
             at_target = rate == TARGET_RATE
+            hop = at_target and plan.hop_during_load
             with report.section(names):
                 before = events_total(worker)
                 # Events an earlier, overloaded run left unprocessed queue ahead of this one.
                 backlog = offered - before
-                # At the target rate a plain consumer of the feedback topic also times each
-                # probe's first hop: the broker's share of the fast path in the same run.
-                sources = (
-                    ("fast_path", "model", BROKER_HOP) if at_target else ("fast_path", "model")
-                )
+                # Asked for, a plain consumer of the feedback topic also times each probe's
+                # first hop: the broker's share of the fast path in the same run.
+                sources = ("fast_path", "model", BROKER_HOP) if hop else ("fast_path", "model")
                 sent, elapsed, probes, found = asyncio.run(
                     _paced_run(settings, rate, seconds, 20 + index, f"probe{index}-",
                                plan.drain_s, sources)
@@ -757,7 +762,7 @@ def bench_latency(
                 if len(names) > 2:
                     model_target = ("p99 ≤ 1 s at 1k/s", 1000.0001) if at_target else None
                     _latency_row(report, names[2], probes, found, "model", model_target)
-                if at_target:
+                if hop:
                     _latency_row(report, names[-1], probes, found, BROKER_HOP, None,
                                  "; the same probes, read from the feedback topic by one more "
                                  "plain consumer during the load")  # fmt: skip
@@ -896,8 +901,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and print one markdown table; return the exit status."""
     parser = argparse.ArgumentParser(prog="bench_pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (< 3 minutes)")
+    parser.add_argument(
+        "--hop-during-load",
+        action="store_true",
+        help="also time the fast path's first hop during the 1k/s load (one more consumer)",
+    )
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
+    plan = replace(QUICK if args.quick else FULL, hop_during_load=args.hop_during_load)
     load_start = os.getloadavg()
     report = Report()
     workers: list[WorkerProcess] = []
