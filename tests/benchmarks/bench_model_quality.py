@@ -245,6 +245,20 @@ def _auc(labels: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> fl
     return RollingAUC(window=max(2, len(labels))).update(labels, scores).get()
 
 
+def _batches(examples: Sequence[Mapping[str, Any]], config: ModelConfig) -> list[ExampleBatch]:
+    """``examples`` in micro-batches of :data:`TRAIN_BATCH`, in order."""
+    return [
+        ExampleBatch.from_examples(examples[i : i + TRAIN_BATCH], config)
+        for i in range(0, len(examples), TRAIN_BATCH)
+    ]
+
+
+def _any_negative(batch: ExampleBatch) -> npt.NDArray[np.float64]:
+    """The label every quality figure scores: 1 where an example has any negative reaction."""
+    targets = batch.targets
+    return np.maximum(targets[:, _EXPLICIT], targets[:, _IMPLICIT]).astype(np.float64)
+
+
 def evaluate(
     name: str,
     config: ModelConfig,
@@ -257,10 +271,7 @@ def evaluate(
     probe rank drops."""
     model = OnlineModel(config)
     # Metrics score the true label, "any negative", whatever the variant trained on.
-    labelled = [
-        ExampleBatch.from_examples(stream.examples[i : i + TRAIN_BATCH], config)
-        for i in range(0, len(stream.examples), TRAIN_BATCH)
-    ]
+    labelled = _batches(stream.examples, config)
     n = len(stream.examples)
     warmup = int(warmup_fraction * n)
     labels = np.zeros(n, dtype=np.float64)
@@ -275,7 +286,7 @@ def evaluate(
             train = ExampleBatch.from_examples([without_negatives(r) for r in records], config)
         stop = start + len(records)
         scores[start:stop] = _p_negative(model.predict_many(batch), ignore_negatives)
-        labels[start:stop] = np.maximum(batch.targets[:, _EXPLICIT], batch.targets[:, _IMPLICIT])
+        labels[start:stop] = _any_negative(batch)
         probes = [
             stream.probes[r["example_id"]] for r in records if r["example_id"] in stream.probes
         ]
@@ -338,17 +349,9 @@ def offline_reference(
     model = OnlineModel(config)
     n = len(stream.examples)
     cut = int(train_fraction * n)
-    train = [
-        ExampleBatch.from_examples(stream.examples[i : min(i + TRAIN_BATCH, cut)], config)
-        for i in range(0, cut, TRAIN_BATCH)
-    ]
-    test = [
-        ExampleBatch.from_examples(stream.examples[i : i + TRAIN_BATCH], config)
-        for i in range(cut, n, TRAIN_BATCH)
-    ]
-    labels = np.concatenate(
-        [np.maximum(b.targets[:, _EXPLICIT], b.targets[:, _IMPLICIT]) for b in test]
-    ).astype(np.float64)
+    train = _batches(stream.examples[:cut], config)
+    test = _batches(stream.examples[cut:], config)
+    labels = np.concatenate([_any_negative(batch) for batch in test])
     rng = np.random.default_rng(config.seed)
     aucs = []
     for index in range(passes):

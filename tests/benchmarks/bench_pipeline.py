@@ -588,10 +588,10 @@ async def _paced_run(
 ) -> tuple[int, float, dict[str, float], dict[tuple[str, str], float]]:
     """One paced load from a child process while this process consumes its results.
 
-    The results are the ``scores`` topic's updates, or with ``sources=(BROKER_HOP,)`` the
-    feedback topic itself (no worker: the broker's own hop). Returns what the child sent
-    (count, seconds, probe times) and the receive time of each (source, event id), after
-    waiting up to ``drain_s`` for the last probes.
+    ``sources`` names what is timed: ScoreUpdate sources, read from ``scores``, and
+    :data:`BROKER_HOP`, the probes read back from the feedback topic (the broker's own hop).
+    Returns what the child sent (count, seconds, probe times) and the receive time of each
+    (source, event id), after waiting up to ``drain_s`` for every source of the last probes.
     """
     found: dict[tuple[str, str], float] = {}
     stop = asyncio.Event()
