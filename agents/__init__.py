@@ -9,10 +9,10 @@ from typing import Any
 
 import faust
 
-from agents import user_state
 from agents.drift import DriftReporter
 from agents.fast_lane import FastLane
 from agents.pipeline import InputPipeline
+from agents.state import fold as user_state
 from agents.trainer import ModelService
 from streams.bulk import BulkSource
 from streams.privacy import Pseudonymizer

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from faust.types import TableT
 
-from agents import windows
+from agents.state import windows
 from agents.trainer import ModelService
-from model.drift_monitor import DriftMonitor
+from model.monitor.drift_monitor import DriftMonitor
 from schemas.codec import encode
 from schemas.events import DriftAlert, DriftReport
 from schemas.kinds import NEGATIVE_KINDS

@@ -33,8 +33,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TableT
 
-from agents import user_state
-from agents.ingest import RawMessage, decode_one
+from agents.state import fold as user_state
+from agents.state.ingest import RawMessage, decode_one
 from schemas.codec import encode
 from schemas.events import Feedback, Suppression
 from schemas.kinds import STRONG_NEGATIVE

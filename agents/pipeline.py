@@ -13,9 +13,9 @@ from typing import Any, cast
 
 from faust.types import TP, Message, TableT
 
-from agents import user_state
 from agents.fast_lane import FastLane
-from agents.ingest import RawMessage, decode_batch
+from agents.state import fold as user_state
+from agents.state.ingest import RawMessage, decode_batch
 from schemas.codec import encode
 from schemas.events import Feedback, Impression
 from schemas.kinds import NO_REACTION, kind_group

@@ -17,10 +17,10 @@ import torch
 from faust.types import Message, TableT
 
 from agents.fast_lane import FastLane
-from agents.suppression import active_suppressions
-from agents.user_state import feature_rows
+from agents.state.fold import feature_rows
+from agents.state.suppression import active_suppressions
 from model import CandidateBatch, CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
-from model.prequential import Prequential
+from model.monitor.prequential import Prequential
 from schemas.codec import encode
 from schemas.events import FEATURE_NAMES, ItemScore, ScoreUpdate, Suppression
 from streams import metrics

@@ -1,8 +1,6 @@
 """Online negative-feedback model: hashing, batches, the torch model, checkpoints, metrics."""
 
 from model.batch import CandidateBatch, ExampleBatch, squash
-from model.calibration import CalibrationBucket, CalibrationTable, DelaySummary, LabelDelay
-from model.change import PageHinkley
 from model.checkpoint import CheckpointStore, load_latest, save_checkpoint
 from model.config import (
     DEFAULT_FEATURES,
@@ -11,13 +9,15 @@ from model.config import (
     ModelConfig,
     resolve_device,
 )
-from model.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
 from model.hashing import FeatureHasher, expected_collision_fraction, stable_hash
 from model.lazy_adam import LazyAdam
-from model.metrics import CalibrationError, LogLoss, RollingAUC
+from model.monitor.calibration import CalibrationBucket, CalibrationTable, DelaySummary, LabelDelay
+from model.monitor.change import PageHinkley
+from model.monitor.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
+from model.monitor.metrics import CalibrationError, LogLoss, RollingAUC
+from model.monitor.prequential import Learner, Prequential
+from model.monitor.rates import KindShift, RateShift
 from model.online import OnlineModel
-from model.prequential import Learner, Prequential
-from model.rates import KindShift, RateShift
 from model.sampling import sample_extra_negatives
 
 __all__ = [

@@ -10,12 +10,13 @@ to a :class:`BulkSource` as they are fetched, and a task takes them a micro-batc
 Everything else stays Faust's: the consumer group, the partition assignment that keeps the
 users table next to its inputs, table recovery (the inputs are only fetched once it is
 done), flow control (nothing is taken while a rebalance suspends it) and offset commits of
-acked records. A taken record is tracked as in flight; ``BulkSource.ack`` marks it done, and Faust
-commits up to it. A record fetched before the latest rebalance is dropped when its turn
-comes, unacked: every rebalance ends with the consumer sought back to the committed offsets,
-so it is fetched again if this worker still owns its partition. A source is never cleared:
-Faust clears the queues flow control manages when flow resumes, and it resumes after the
-seek, so records fetched in between would be lost.
+acked records. The consumer's fetch loop hands them over through
+``streams.patches.bulk_fetch``. A taken record is tracked as in flight; ``BulkSource.ack``
+marks it done, and Faust commits up to it. A record fetched before the latest rebalance is
+dropped when its turn comes, unacked: every rebalance ends with the consumer sought back to
+the committed offsets, so it is fetched again if this worker still owns its partition. A
+source is never cleared: Faust clears the queues flow control manages when flow resumes, and
+it resumes after the seek, so records fetched in between would be lost.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from faust.transport.consumer import Consumer
 from faust.types import TP, Message
 
-__all__ = ["BulkSource", "install"]
+__all__ = ["BulkSource"]
 
 
 class BulkSource:
@@ -112,41 +112,3 @@ class BulkSource:
         consumer = self.app.consumer
         for message in messages:
             message.ack(consumer)
-
-
-_getmany = Consumer.getmany
-
-
-async def _getmany_with_bulk_sources(consumer: Any, timeout: float) -> Any:
-    # Faust's own bookkeeping for each record of a bulk topic, as ``_drain_messages`` does
-    # before it hands a record to the conductor: the read offset, and a gap in the offsets
-    # (compacted records, transaction markers) that the commit may pass over.
-    sources = consumer.app.__dict__.get("negstream_bulk_sources")
-    if not sources:
-        async for item in _getmany(consumer, timeout):
-            yield item
-        return
-    read_offset = consumer._read_offset
-    async for tp, message in _getmany(consumer, timeout):
-        source = sources.get(tp.topic)
-        if source is None:
-            yield tp, message
-            continue
-        offset = message.offset
-        last = read_offset[tp]
-        if last is not None and offset < last:
-            continue
-        if last and offset - last > 1:
-            await consumer._add_gap(tp, last + 1, offset)
-        source.put(tp, message)
-        read_offset[tp] = offset
-    commit_every = consumer._commit_every
-    if commit_every is not None and consumer._n_acked >= commit_every:
-        consumer._n_acked = 0
-        await consumer.commit()
-
-
-def install() -> None:
-    """Route the records of topics that have a :class:`BulkSource` to it (idempotent)."""
-    if Consumer.getmany is not _getmany_with_bulk_sources:
-        Consumer.getmany = _getmany_with_bulk_sources  # type: ignore[assignment,method-assign]

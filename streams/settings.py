@@ -122,7 +122,7 @@ class Settings:
     fetch_max_wait_ms: int = 10
     """NEGSTREAM_FETCH_MAX_WAIT_MS: longest a fetch waits at the broker (Tansu: 10; Kafka: 100+).
     A consumer that is behind and gets empty answers doubles it for a while (up to 1 s), see
-    ``streams.fetch_wait``."""
+    ``streams.patches.fetch_wait``."""
     security_protocol: str = "PLAINTEXT"
     """NEGSTREAM_SECURITY_PROTOCOL: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
     sasl_mechanism: str = "PLAIN"

@@ -50,7 +50,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m streams worker`` as a child process with ``settings``."""
+    """``python -m negstream worker`` as a child process with ``settings``."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -60,7 +60,7 @@ class WorkerProcess:
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"],
+                [sys.executable, "-m", "negstream", "worker"],
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -15,15 +15,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from agents import user_state
+from agents.state import fold as user_state
 from model import ExampleBatch, LogLoss, ModelConfig, OnlineModel, RollingAUC
 from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS
 from schemas.events import Example, Feedback, Impression
 from schemas.kinds import DEFAULT_SEVERITY, NEGATIVE_KINDS, NO_REACTION
 from schemas.validation import validate_feedback, validate_impression
+from simulator.stream import IMPRESSIONS_TOPIC, Simulator, SimulatorConfig
+from simulator.world import category_name, creator_name, item_name
 from streams.settings import Settings
-from streams.sim_world import category_name, creator_name, item_name
-from streams.simulator import IMPRESSIONS_TOPIC, Simulator, SimulatorConfig
 
 try:
     from tests.benchmarks import bench_model_throughput

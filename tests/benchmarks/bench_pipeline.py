@@ -41,10 +41,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaProducer
 
+from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
-from streams.simulator import Simulator, SimulatorConfig
 from tests.support import WorkerProcess, isolated_settings
 
 #: Simulator topic labels → settings names of the input topics.

@@ -11,10 +11,10 @@ import pytest
 
 from model import OnlineModel, load_latest
 from schemas import ScoreUpdate, decode_score_update
+from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
-from streams.simulator import Simulator, SimulatorConfig
 from tests.support import WorkerProcess, consume, isolated_settings, produce
 
 pytestmark = pytest.mark.broker

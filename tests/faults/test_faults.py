@@ -125,7 +125,7 @@ def start_all(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
     for worker in workers:
         with open(worker.log_path, "ab") as log:
             worker.process = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"],
+                [sys.executable, "-m", "negstream", "worker"],
                 env=settings_env(worker.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,

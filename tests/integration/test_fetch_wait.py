@@ -1,5 +1,5 @@
 """A consumer with the worker's short fetch wait still reads a partition of many small
-batches on the embedded broker (see ``streams.fetch_wait``)."""
+batches on the embedded broker (see ``streams.patches.fetch_wait``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams import fetch_wait
 from streams.broker import EmbeddedBroker
+from streams.patches import fetch_wait
 from tests.integration.test_output import new_topic_named
 
 pytestmark = pytest.mark.broker

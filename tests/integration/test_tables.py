@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from schemas import decode_example, decode_score_update
+from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
-from streams.simulator import Simulator, SimulatorConfig
 from tests.ground_truth import accepted_events
 from tests.support import WorkerProcess, assert_once_by_id, consume, isolated_settings, produce
 

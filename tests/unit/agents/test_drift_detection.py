@@ -13,12 +13,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from agents import user_state
-from model.drift_monitor import DriftMonitor
+from agents.state import fold as user_state
+from model.monitor.drift_monitor import DriftMonitor
 from schemas.kinds import NEGATIVE_KINDS
 from schemas.validation import validate_feedback, validate_impression
+from simulator.stream import Simulator, SimulatorConfig
 from streams.settings import Settings
-from streams.simulator import Simulator, SimulatorConfig
 
 PERIOD_S = 10.0
 PERIODS = 10

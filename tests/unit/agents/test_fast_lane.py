@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from agents import user_state
 from agents.fast_lane import FastLane
+from agents.state import fold as user_state
 from schemas import decode_score_update
 from schemas.events import Feedback, Suppression
 from streams.settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from agents import user_state
+from agents.state import fold as user_state
 from schemas import Feedback, Impression
 from streams.settings import Settings
 

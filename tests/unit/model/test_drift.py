@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.calibration import CalibrationTable, LabelDelay
-from model.change import PageHinkley
-from model.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
-from model.metrics import CalibrationError
-from model.rates import RateShift
+from model.monitor.calibration import CalibrationTable, LabelDelay
+from model.monitor.change import PageHinkley
+from model.monitor.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
+from model.monitor.metrics import CalibrationError
+from model.monitor.rates import RateShift
 
 
 def _json_round_trip(state: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from faust.types import TP, Message
 from faust.types.tuples import ConsumerMessage
 from mode.utils.queues import FlowControlEvent
 
-from streams import bulk
 from streams.bulk import BulkSource
+from streams.patches import bulk_fetch
 
 
 class _Consumer:
@@ -168,10 +168,10 @@ def test_the_consumer_routes_bulk_topics_to_their_source_and_yields_the_rest(
     consumer._read_offset = defaultdict(lambda: None)
     consumer._add_gap = add_gap
     consumer._commit_every = None
-    monkeypatch.setattr(bulk, "_getmany", getmany)
+    monkeypatch.setattr(bulk_fetch, "_getmany", getmany)
 
     async def drain() -> list[Any]:
-        return [item async for item in bulk._getmany_with_bulk_sources(consumer, 1.0)]
+        return [item async for item in bulk_fetch._getmany_with_bulk_sources(consumer, 1.0)]
 
     passed = asyncio.run(drain())
     assert [tp.topic for tp, _ in passed] == ["users-changelog"]

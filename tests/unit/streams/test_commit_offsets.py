@@ -10,7 +10,9 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-import streams.app  # noqa: F401  (patches the consumer)
+from streams import patches
+
+patches.install()
 
 INPUT = TP("feedback", 0)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.sim_world import (
+from simulator.world import (
     DWELL_KINDS,
     EXPLICIT_GROUP,
     EXPLICIT_NEGATIVE,

@@ -21,7 +21,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from negstream.worker import run_worker
 
     run_worker(_settings(args))
     return 0
@@ -42,7 +42,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> Any:
-    from streams.simulator import Simulator, SimulatorConfig
+    from simulator.stream import Simulator, SimulatorConfig
 
     config = SimulatorConfig(
         n_users=args.users,
@@ -55,8 +55,8 @@ def _simulator(args: argparse.Namespace) -> Any:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from streams.producer import Progress, send_all
-    from streams.simulator import to_jsonl_lines
+    from negstream.producer import Progress, send_all
+    from simulator.stream import to_jsonl_lines
 
     simulator = _simulator(args)
     events = simulator.events(args.impressions)
@@ -76,7 +76,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.producer import Progress, count_lines, read_event_file, send_all
+    from negstream.producer import Progress, count_lines, read_event_file, send_all
 
     if not os.path.exists(args.file):
         print(f"negstream replay: no such file: {args.file}", file=sys.stderr)
@@ -97,7 +97,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from negstream.demo import run_demo
 
     return run_demo(args)
 

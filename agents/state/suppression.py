@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents import windows
+from agents.state import windows
 from schemas.events import Feedback, ScoreUpdate, Suppression
 from schemas.kinds import STRONG_NEGATIVE
 from streams.settings import Settings

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Self
 
-from model._checks import _check_config
+from model.monitor._checks import _check_config
 
 __all__ = ["KindShift", "RateShift"]
 

@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from model.batch import CandidateBatch, ExampleBatch
 from model.config import HEADS
-from model.metrics import CalibrationError, LogLoss, RollingAUC
+from model.monitor.metrics import CalibrationError, LogLoss, RollingAUC
 
 __all__ = ["Learner", "Prequential"]
 
@@ -38,9 +38,9 @@ class Prequential:
     model
         Anything with ``learn_many(ExampleBatch)`` and ``predict_many(CandidateBatch)``.
     window
-        Window of each :class:`~model.metrics.RollingAUC`.
+        Window of each :class:`~model.monitor.metrics.RollingAUC`.
     bins
-        Buckets of each :class:`~model.metrics.CalibrationError`.
+        Buckets of each :class:`~model.monitor.metrics.CalibrationError`.
 
     Examples
     --------

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Self
 import numpy as np
 import numpy.typing as npt
 
-from model._checks import _check_config, _finite
+from model.monitor._checks import _check_config, _finite
 
 __all__ = ["CalibrationBucket", "CalibrationTable", "DelaySummary", "LabelDelay"]
 
@@ -34,8 +34,8 @@ class CalibrationTable:
     """Mean predicted p(negative) against the observed negative rate, per score bucket.
 
     Buckets are ``bins`` equal-width slices of ``[0, 1]``, bucketed as
-    :class:`model.metrics.CalibrationError` does, so :meth:`ece` equals its value on the same
-    pairs; the table adds the per-bucket view a reliability diagram needs.
+    :class:`model.monitor.metrics.CalibrationError` does, so :meth:`ece` equals its value
+    on the same pairs; the table adds the per-bucket view a reliability diagram needs.
 
     Examples
     --------

@@ -9,7 +9,7 @@ from typing import Any, Final, Literal, Self
 import numpy as np
 import numpy.typing as npt
 
-from model._checks import _check_config, _finite, _FloatArray
+from model.monitor._checks import _check_config, _finite, _FloatArray
 
 __all__ = [
     "PSI_ACT",

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import kinds
-from streams import sim_world
-from streams.simulator import (
+from simulator import world as sim_world
+from simulator.stream import (
     IMPRESSIONS_TOPIC,
     MALFORMED_REASONS,
     NEGATIVE_FEEDBACK_TOPIC,

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Self
 
-from model._checks import _check_config
+from model.monitor._checks import _check_config
 
 __all__ = ["PageHinkley"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from agents import windows
-from agents.suppression import fast_path_update
+from agents.state import windows
+from agents.state.suppression import fast_path_update
 from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
 from schemas.kinds import DEFAULT_SEVERITY, EXPLICIT_NEGATIVE, NEGATIVE_KINDS, NO_REACTION
 from streams.settings import Settings
@@ -483,7 +483,7 @@ _ROW_ORDER = (
     "category_neg_long", "item_exposure", "creator_exposure", "impressions_long",
 )  # fmt: skip
 if _ROW_ORDER != FEATURE_NAMES:  # pragma: no cover - a schema change must update _feature_row
-    raise ImportError("agents.user_state._feature_row is out of step with FEATURE_NAMES")
+    raise ImportError("agents.state.fold._feature_row is out of step with FEATURE_NAMES")
 
 
 def feature_rows(

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer
 
+from negstream.producer import make_producer
 from streams.admin import ensure_topics
 from streams.broker import (
     BrokerError,
@@ -23,7 +24,6 @@ from streams.broker import (
     free_port,
     wait_for_port,
 )
-from streams.producer import make_producer
 from streams.settings import Settings
 
 #: Demo settings: short label windows and report periods so output shows up in seconds.
@@ -57,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
         worker_log = os.path.join(data_dir, "worker.log")
         with open(worker_log, "ab") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"],
+                [sys.executable, "-m", "negstream", "worker"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -107,7 +107,7 @@ def _wait_ready(worker: subprocess.Popen[bytes], host: str, port: int, log: str)
 
 
 def _produce(settings: Settings, rate: float, stop: threading.Event) -> None:
-    from streams.simulator import Simulator, SimulatorConfig
+    from simulator.stream import Simulator, SimulatorConfig
 
     producer = make_producer(settings)
     topics = {"impressions": settings.topic("impressions")}

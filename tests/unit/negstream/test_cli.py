@@ -8,14 +8,14 @@ import sys
 import orjson
 import pytest
 
-from streams.cli import build_parser, main
+from negstream.cli import build_parser, main
 from streams.settings import Settings, SettingsError
 
 SUBCOMMANDS = ("worker", "demo", "broker", "simulate", "replay", "schema")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "negstream", *args], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def test_settings_come_from_the_environment() -> None:
 
 def test_bad_setting_exits_with_a_message() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "streams", "worker"],
+        [sys.executable, "-m", "negstream", "worker"],
         capture_output=True, text=True, timeout=60,
         env={"NEGSTREAM_PARTITIONS": "zero", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip

@@ -12,7 +12,7 @@ import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import REGISTRY
 
-from streams import metrics
+from streams import metrics, patches
 from streams.admin import ensure_topics
 from streams.app import build_app
 from streams.settings import Settings
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> faust.App:
     """The app with every reader and timer registered and /metrics served."""
     import agents
 
+    patches.install()
     app = build_app(settings)
     agents.register(app, settings)
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="negstream")

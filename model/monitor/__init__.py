@@ -1,0 +1,1 @@
+"""Model monitoring: drift, calibration, change detection and prequential metrics."""

@@ -1,0 +1,1 @@
+"""Simulated worlds of users, items and feedback, with ground truth."""

@@ -1,0 +1,21 @@
+"""Every workaround for Faust, aiokafka and Tansu behaviour, installed by one explicit call.
+
+Nothing here is applied at import time: :func:`install` is called by the worker (and by
+tests that run Faust in-process) before the app starts. Each module names the upstream
+behaviour it works around and how to tell when it can go.
+"""
+
+from __future__ import annotations
+
+from streams.patches import bulk_fetch, consumer, fetch_wait
+
+__all__ = ["install"]
+
+
+def install() -> None:
+    """Install every patch (idempotent)."""
+    consumer.install()
+    # A short wait stalls a consumer that is behind on Tansu; see ``fetch_wait``.
+    fetch_wait.install()
+    # The hot topics' records go to batch buffers, not through Faust's per-record path.
+    bulk_fetch.install()
