@@ -8,17 +8,21 @@ import time
 from typing import Any
 
 import numpy as np
-from faust.types import TableT
 
-from agents.state import windows
-from agents.trainer import ModelService
+from agents.delivery import deliver_records
+from agents.encoder import OutputRecord
+from agents.state.config import StateConfig
+from agents.state.features import negative_rate
+from agents.state.state import UserState
+from model import p_negative
 from model.monitor.drift_monitor import DriftMonitor
 from schemas.codec import encode
 from schemas.events import DriftAlert, DriftReport
 from schemas.kinds import NEGATIVE_KINDS
 from streams import metrics
+from streams.output import OutputProducer
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.users import UsersStore
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +34,35 @@ class DriftReporter:
     """Collects each test-then-train batch; every ``drift_interval_s`` publishes a report."""
 
     def __init__(
-        self, settings: Settings, topics: Topics, users: TableT[str, Any], service: ModelService
+        self,
+        settings: Settings,
+        config: StateConfig,
+        users: UsersStore[UserState],
+        outputs: OutputProducer,
     ) -> None:
         self.settings = settings
-        self.topics = topics
+        self.config = config
         self.users = users
-        self.service = service
+        self.outputs = outputs
+        self.topic = settings.topic("drift")
         self.monitor = DriftMonitor(reference_periods=settings.drift_reference_periods)
         self.period_start = time.time()
-        service.on_learned.append(self.observe)
 
     def observe(self, examples: list[dict[str, Any]], predictions: np.ndarray) -> None:
-        """Hook of :class:`ModelService`: one learned batch and its pre-learning predictions."""
-        p_negative = 1.0 - (1.0 - predictions[:, 0]) * (1.0 - predictions[:, 1])
+        """One learned batch and the model's predictions for it made before learning it."""
+        if not examples:
+            return
+        p_any = p_negative(predictions)
         labels = [example["label"] for example in examples]
         negative = np.array([label in NEGATIVE_KINDS for label in labels], dtype=bool)
         eps = 1e-7
-        clipped = np.clip(p_negative, eps, 1 - eps)
+        clipped = np.clip(p_any, eps, 1 - eps)
         log_loss = float(-np.mean(np.where(negative, np.log(clipped), np.log(1 - clipped))))
         delays = [e["label_delay_s"] for e in examples if e.get("label_delay_s") is not None]
         for delay in delays:
             metrics.LABEL_DELAY.observe(max(0.0, delay))
         self.monitor.update(
-            p_negative,
+            p_any,
             negative,
             [label for label in labels if label in NEGATIVE_KINDS],
             [example.get("category") for example in examples],
@@ -64,23 +74,22 @@ class DriftReporter:
         """Short-window negative rates of up to :data:`USER_SAMPLE` users on this worker."""
         rates = []
         for _, state in itertools.islice(self.users.items(), USER_SAMPLE):
-            if not state:
-                continue
-            window = windows.window_buckets(
-                state["clock"], self.settings.window_short_s, self.settings.window_step_s
-            )
-            impressions = windows.total(state["short"], window, "imp")
-            if impressions:
-                rates.append(windows.total(state["short"], window, "neg") / impressions)
+            rate = negative_rate(state, self.config)
+            if rate is not None:
+                rates.append(rate)
         return rates
 
-    async def report(self) -> DriftReport:
-        """Publish this period's :class:`DriftReport` and mirror it in Prometheus."""
+    async def report(self, prequential: dict[str, float], model_version: int) -> DriftReport:
+        """Publish this period's :class:`DriftReport` and mirror it in Prometheus.
+
+        ``prequential`` are the trainer's test-then-train figures, ``model_version`` its
+        model's version.
+        """
         rates = self.user_rates()
         if rates:
             self.monitor.update_user_rates(rates)
         figures, alerts = self.monitor.report()
-        for name, value in self.service.prequential.get().items():
+        for name, value in prequential.items():
             if np.isfinite(value):
                 figures[f"prequential:{name}"] = value
         end = time.time()
@@ -88,12 +97,14 @@ class DriftReporter:
             scope="global",
             window_start=self.period_start,
             window_end=end,
-            model_version=self.service.model.version,
+            model_version=model_version,
             metrics={k: float(v) for k, v in figures.items() if np.isfinite(v)},
             alerts=tuple(DriftAlert(a.metric, a.value, a.threshold, a.level) for a in alerts),
         )
         self.period_start = end
-        await self.topics.drift.send(key=b"global", value=encode(report))
+        await deliver_records(
+            self.outputs, [OutputRecord(self.topic, b"global", encode(report), None)]
+        )
         metrics.DRIFT_REPORTS.inc()
         for name in ("psi_p_negative", "psi_user_negative_rate"):
             if name in report.metrics:

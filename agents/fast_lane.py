@@ -15,7 +15,7 @@ suppressions for it are *pending*: every ``ScoreUpdate`` the worker publishes me
 by the input pipeline or the model, merges them in (:meth:`FastLane.merge`), so a later
 update for the user does not drop a suppression the lane already published.
 
-Stored user states are never changed in place (every write stores a new dict), so the
+Stored user states are never changed in place (every write stores a new state), so the
 lane thread reads them safely; the pending map is shared under a lock.
 """
 
@@ -26,23 +26,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-from faust.types import TableT
 
-from agents.state import fold as user_state
+from agents.encoder import OutputEncoder
+from agents.state import fold, suppression
+from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_one
-from schemas.codec import encode
+from agents.state.state import UserState
 from schemas.events import Feedback, Suppression
 from schemas.kinds import STRONG_NEGATIVE
 from schemas.validation import ValidationError
 from streams import metrics
 from streams.app import broker_credentials
-from streams.privacy import Pseudonymizer
+from streams.retry import MAX_DELAY_S, Backoff
 from streams.settings import Settings
+from streams.users import UsersStore
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +53,12 @@ log = logging.getLogger(__name__)
 PENDING_TTL_S = 300.0
 #: Kinds worth decoding a record for: a cheap byte test before the full validation.
 _STRONG_KIND_BYTES = tuple(f'"{kind}"'.encode() for kind in sorted(STRONG_NEGATIVE))
-#: Longest pause between attempts while the broker is unreachable.
-MAX_RETRY_DELAY_S = 5.0
 
 
 class _Outgoing:
     """One record the lane decided to send; its callbacks run once the broker answers."""
 
-    def __init__(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
+    def __init__(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
         self.topic, self.key, self.value, self.partition = topic, key, value, partition
         self.callbacks: list[Callable[[Any], None]] = []
         self.errbacks: list[Callable[[BaseException], None]] = []
@@ -88,7 +88,7 @@ class _Outbox:
     def __init__(self) -> None:
         self.items: list[_Outgoing] = []
 
-    def send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> _Outgoing:
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> _Outgoing:
         item = _Outgoing(topic, key, value, partition)
         self.items.append(item)
         return item
@@ -108,17 +108,18 @@ class FastLane:
     def __init__(
         self,
         settings: Settings,
-        users: TableT[str, Any],
+        config: StateConfig,
+        users: UsersStore[UserState],
         watermark: Callable[[int], float],
-        pseudonym: Pseudonymizer | None = None,
+        encoder: OutputEncoder,
     ) -> None:
         self.settings = settings
+        self.config = config
         self.users = users
         self.watermark = watermark
-        self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
+        self.encoder = encoder
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
-        self.scores_topic = settings.topic("scores")
         self.pending: dict[str, dict[str, _Pending]] = {}
         self.lock = threading.Lock()
         self.wanted: frozenset[int] = frozenset()
@@ -149,20 +150,20 @@ class FastLane:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        delay = 0.2
+        backoff = Backoff()
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
                 await self._follow()
                 return
             except Exception as error:  # the broker went away or a client failed: start over
-                if time.monotonic() - started > 60 * MAX_RETRY_DELAY_S:
-                    delay = 0.2  # it had been following for a while: a new outage
+                if time.monotonic() - started > 60 * MAX_DELAY_S:
+                    backoff.reset()  # it had been following for a while: a new outage
+                delay = backoff.next_delay()
                 log.warning(
                     "fast lane restarting in %.1f s (%s: %s)", delay, type(error).__name__, error
                 )
                 await self._sleep(delay)
-                delay = min(2 * delay, MAX_RETRY_DELAY_S)
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -260,9 +261,9 @@ class FastLane:
             if feedback.event_id in pending:
                 return
             earlier = [p.feedback for p in pending.values()]
-        stored = cast(Any, self.users).data.get(user)
-        _, out = user_state.apply_events(
-            stored, [*earlier, feedback], self.settings, self.watermark(partition)
+        stored = self.users.peek(user)
+        _, out = fold.apply_events(
+            stored, [*earlier, feedback], self.config, self.watermark(partition)
         )
         update = next((u for u in out.updates if u.trigger_event_ids == (feedback.event_id,)), None)
         if update is None:  # a duplicate or late: the input pipeline will not apply it either
@@ -271,13 +272,8 @@ class FastLane:
             self.pending.setdefault(user, {})[feedback.event_id] = _Pending(
                 feedback, update.suppressions, partition, time.monotonic()
             )
-        hide = self.pseudonym.enabled
-        published = self.pseudonym(user)
-        value = encode(replace(update, user_id=published) if hide else update)
-        future = producer.send(
-            self.scores_topic, key=published.encode(), value=value,
-            partition=partition if hide else None,
-        )  # fmt: skip
+        record = self.encoder.score_update(update, partition)
+        future = producer.send(record.topic, record.key, record.value, record.partition)
         future.add_callback(lambda _: _delivered(produced_ms))
         future.add_errback(lambda _: metrics.FAST_LANE_FAILURES.inc())
 
@@ -301,19 +297,7 @@ class FastLane:
             if not pending:
                 return tuple(suppressions)
             extra = [s for p in pending.values() for s in p.suppressions]
-        merged: dict[tuple[str, str], Suppression] = {}
-        for suppression in [*suppressions, *extra]:
-            if suppression.expires_at <= clock:
-                continue
-            key = (suppression.target_type, suppression.target_id)
-            previous = merged.get(key)
-            if previous is None:
-                merged[key] = suppression
-            else:
-                stronger = suppression if suppression.penalty > previous.penalty else previous
-                expiry = max(previous.expires_at, suppression.expires_at)
-                merged[key] = replace(stronger, expires_at=expiry)
-        return tuple(merged.values())
+        return suppression.merge(suppressions, extra, clock)
 
     def applied(self, user_id: str, event_ids: Iterable[str]) -> None:
         """The input pipeline stored a state that accounts for these events."""

@@ -1,4 +1,4 @@
-"""The input pipeline: one micro-batch at a time through ingest, per-user tables and the join."""
+"""The input fold loop: one micro-batch at a time through ingest, per-user tables and the join."""
 
 from __future__ import annotations
 
@@ -7,23 +7,24 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Protocol
 
-from faust.types import TP, Message, TableT
+from faust.types import Message
 
-from agents.fast_lane import FastLane
-from agents.state import fold as user_state
+from agents.delivery import Ack, OrderedDelivery, Step
+from agents.encoder import OutputEncoder, OutputRecord
+from agents.state import fold
+from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_batch
-from schemas.codec import encode
-from schemas.events import Feedback, Impression
+from agents.state.state import UserState
+from agents.watermarks import Watermarks
+from schemas.events import Feedback, Impression, Suppression
 from schemas.kinds import NO_REACTION, kind_group
 from streams import metrics
-from streams.output import OutputProducer
-from streams.privacy import Pseudonymizer
 from streams.settings import Settings
-from streams.topics import Topics
+from streams.users import UsersStore
 
 log = logging.getLogger(__name__)
 
@@ -31,97 +32,60 @@ Record = Impression | Feedback
 
 #: Seconds between rebuilds of the label-deadline index from the users table.
 REBUILD_EVERY_S = 30.0
-#: Longest wall time an input not yet read since its partition was assigned holds the
-#: partition's watermark, when the broker never says it has nothing to read.
-HOLD_UNREAD_MAX_S = 30.0
 #: Longest CPU stretch of a batch before it lets the event loop run other tasks.
 YIELD_EVERY_S = 0.002
-#: Batches whose records may wait for delivery while the next ones are computed.
-MAX_UNDELIVERED_STEPS = 8
-
-#: Marks a delivered batch's input records processed (their offsets may be committed).
-Ack = Callable[[list[Message]], None]
 
 
-@dataclass
-class _Step:
-    """What one batch (or label-window sweep) leaves to deliver, in delivery order.
+class SuppressionsAhead(Protocol):
+    """What the pipeline asks of the fast lane (``agents.fast_lane.FastLane``)."""
 
-    Its outputs (examples, score updates) go first, then the changelog records of the user
-    states that account for them, then its input events are acked: a crash at any point
-    replays the events (at-least-once, deduplicated by event id) instead of losing outputs.
-    """
+    def merge(
+        self, user_id: str, suppressions: Sequence[Suppression], clock: float
+    ) -> tuple[Suppression, ...]: ...
 
-    outputs: list[tuple[Any, bytes, bytes, int | None]] = field(default_factory=list)
-    # The states written, by partition and user; serialised at delivery, where the steps
-    # delivered together keep only each user's newest state.
-    changelog: dict[int, dict[str, dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )
-    # (trigger event ids, produced ms by event id) of the updates, timed at delivery.
-    timings: list[tuple[tuple[str, ...], dict[str, int | None]]] = field(default_factory=list)
-    events: list[Message] = field(default_factory=list)
-    ack: Ack | None = None
+    def is_pending(self, user_id: str, event_id: str) -> bool: ...
 
-    def __bool__(self) -> bool:
-        return bool(self.outputs or self.changelog or self.events)
+    def applied(self, user_id: str, event_ids: Iterable[str]) -> None: ...
 
 
 class InputPipeline:
-    """Drives the pure per-user functions and keeps each partition's event-time watermark.
+    """Folds each micro-batch of input events into the users' states and queues what it
+    produced for ordered delivery.
 
-    Each input topic-partition has a clock, the newest event time read from it. A
-    partition's watermark is the lowest clock of its two inputs (less
-    ``watermark_delay_s``), so impressions read ahead of their feedback do not close label
-    windows early. An input idle for ``idle_flush_s`` wall seconds stops holding the
-    watermark back; when both are idle, event time moves on with wall time, so the last
-    impressions of a quiet stream are still labelled.
+    ``lane`` (the fast lane) has its suppressions merged into every score update;
+    ``on_feedback(user_id, event_id, produced_ms)`` is called for each applied feedback event
+    (the model path queues the user for rescoring).
     """
 
     def __init__(
         self,
         settings: Settings,
-        topics: Topics,
-        users: TableT[str, Any],
-        pseudonym: Pseudonymizer | None = None,
+        config: StateConfig,
+        users: UsersStore[UserState],
+        watermarks: Watermarks,
+        encoder: OutputEncoder,
+        delivery: OrderedDelivery,
+        lane: SuppressionsAhead | None = None,
+        on_feedback: Callable[[str, str, int | None], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.pseudonym = pseudonym or Pseudonymizer(settings.pseudonymize_key)
-        self.topics = topics
+        self.config = config
         self.users = users
-        # The users table's changelog is written here, a batch per partition, rather than
-        # one record at a time through Faust's producer.
-        self.changelog = OutputProducer(settings, "changelog")
-        self.impressions_topic = topics.impressions_name
-        self.feedback_topic = topics.inputs.topics[1]
-        self.clock: dict[tuple[str, int], float] = {}
-        self.last_input: dict[tuple[str, int], float] = {}
-        # Next offset to process of each input read so far (see check_inputs()).
-        self.next_offset: dict[tuple[str, int], int] = {}
-        # Latest wall time at which each input was found to have nothing left to read.
-        self.quiet_at: dict[tuple[str, int], float] = {}
+        self.watermarks = watermarks
+        self.encoder = encoder
+        self.delivery = delivery
+        self.lane = lane
+        self.on_feedback = on_feedback
+        self.impressions_topic = settings.topic("impressions")
+        self.feedback_topic = settings.topic("feedback")
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        self.first_seen: dict[int, tuple[float, float]] = {}
-        # The watermark each user state was written under survives a restart in the table:
-        # the highest one is where the partition's watermark resumes.
-        self.floor: dict[int, float] = {}
         self.index_stale = True
         self.recovery_seen: float | None = None
         self.last_rebuild = 0.0
-        # Called with (user_id, event_id, produced_ms) for each feedback event: the model path.
-        self.on_feedback: Callable[[str, str, int | None], None] | None = None
-        # Publishes strong negatives' suppressions ahead of the batch (agents/fast_lane.py).
-        self.lane: FastLane | None = None
         self.last_yield = time.perf_counter()
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
-        # Steps computed but not yet delivered, delivered in order by one task, so the next
-        # batch is computed while the broker acknowledges the last one.
-        self.undelivered: asyncio.Queue[_Step] | None = None
-        # Held here: the event loop keeps only weak references to tasks.
-        self.deliverer: asyncio.Task[None] | None = None
-        self.delivery_error: BaseException | None = None
 
     async def process(self, events: list[Message], ack: Ack | None = None) -> None:
         """Decode, validate, dedupe, update tables, join and publish one micro-batch.
@@ -129,91 +93,36 @@ class InputPipeline:
         The user states are stored at once; the batch's records are then delivered in the
         background, in batch order, and ``ack`` is called on each event once they all are.
         """
-        step = _Step(events=list(events), ack=ack)
+        step = Step(events=list(events), ack=ack)
         async with self.lock:
             await self._process(events, step)
             # Queued under the lock: steps are delivered in the order their states were made.
-            await self._queue(step)
-
-    async def _queue(self, step: _Step) -> None:
-        if self.delivery_error is not None:
-            raise RuntimeError("delivering a batch's records failed") from self.delivery_error
-        if not step:
-            return
-        if self.undelivered is None:
-            self.undelivered = asyncio.Queue(MAX_UNDELIVERED_STEPS)
-            self.deliverer = asyncio.create_task(self._deliver_forever(self.undelivered))
-        await self.undelivered.put(step)
-        metrics.UNDELIVERED_BATCHES.set(self.undelivered.qsize())
+            await self.delivery.queue(step)
 
     async def flush(self) -> None:
         """Wait until every computed batch is delivered (and its events acked)."""
-        if self.undelivered is not None and self.delivery_error is None:
-            await self.undelivered.join()
+        await self.delivery.flush()
 
-    async def _deliver_forever(self, queue: asyncio.Queue[_Step]) -> None:
-        while True:
-            # Every step waiting is delivered together: one round trip for the outputs and
-            # one for the changelog, however many batches were computed meanwhile.
-            steps = [await queue.get()]
-            while not queue.empty():
-                steps.append(queue.get_nowait())
-            try:
-                await self._deliver(steps)
-            except Exception as error:  # not a broker outage (those are retried): a bug
-                log.exception("delivering a batch's records failed; the worker stops")
-                self.delivery_error = error
-                return
-            finally:
-                for _ in steps:
-                    queue.task_done()
-                metrics.UNDELIVERED_BATCHES.set(queue.qsize())
+    def on_assigned(self) -> None:
+        """Partitions were assigned: the deadline index is rebuilt before the next batch."""
+        self.index_stale = True
 
-    async def _deliver(self, steps: list[_Step]) -> None:
-        records = [record for step in steps for record in step.outputs]
-        if records:
+    def on_recovery(self, ended_at: float | None) -> None:
+        """A finished recovery (after a rebalance) brings users whose label windows are
+        still open: index them again once their state is complete."""
+        if ended_at != self.recovery_seen:
+            self.recovery_seen = ended_at
+            self.index_stale = True
 
-            async def send_outputs() -> list[asyncio.Future[Any]]:
-                return [await self.topics.publish(*record) for record in records]
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the clocks and deadlines of partitions this worker no longer owns."""
+        partitions = set(partitions)
+        self.watermarks.forget_partitions(partitions)
+        for partition in partitions:
+            self.deadlines.pop(partition, None)
+        self.index_stale = True
 
-            await self.topics.outputs.deliver(send_outputs)
-        for step in steps:
-            self._time_updates(step)
-        # A user's newest state is all the changelog needs: batches delivered together send
-        # one record per user, and only that one is serialised.
-        newest: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
-        for step in steps:
-            for partition, states in step.changelog.items():
-                newest[partition].update(states)
-        if newest:
-            changelog = {
-                partition: [self._changelog_record(user, state) for user, state in states.items()]
-                for partition, states in newest.items()
-            }
-            topic = cast(Any, self.users).changelog_topic.get_topic_name()
-
-            async def send_changelog() -> list[asyncio.Future[Any]]:
-                pending = []
-                for partition, records in changelog.items():
-                    pending += await self.changelog.send_partition(topic, partition, records)
-                return pending
-
-            await self.changelog.deliver(send_changelog)
-        for step in steps:
-            if step.ack is not None:
-                step.ack(step.events)
-
-    def _time_updates(self, step: _Step) -> None:
-        now = time.time()
-        for event_ids, sent_ms in step.timings:
-            for event_id in event_ids:
-                produced = sent_ms.get(event_id)
-                if produced:
-                    metrics.FEEDBACK_TO_SCORE.labels("fast").observe(
-                        max(0.0, now - produced / 1000)
-                    )
-
-    async def _process(self, events: list[Message], step: _Step) -> None:
+    async def _process(self, events: list[Message], step: Step) -> None:
         started = time.perf_counter()
         if self.index_stale:
             self.rebuild_index(self.users.items())
@@ -222,58 +131,38 @@ class InputPipeline:
         decoded = decode_batch(
             messages, self.impressions_topic, self.settings.max_payload_bytes, latest
         )
+        watermarks = self.watermarks
         outcomes: Counter[str] = Counter()
         for position, letter in decoded.dead_letters:
-            outcomes[f"dead_letter:{self._type_of(letter.topic)}"] += 1
+            outcomes[f"dead_letter:{watermarks.kind_of(letter.topic)}"] += 1
             metrics.DEAD_LETTERS.labels(letter.reason).inc()
-            key = messages[position].key
-            if self.pseudonym.enabled:
-                # The raw payload and the key name the user: keep the payload's size and
-                # digest, and the key as a pseudonym.
-                hidden = None if key is None else self.pseudonym(key.decode("utf-8", "replace"))
-                key = None if hidden is None else hidden.encode()
-                detail = letter.detail
-                if letter.reason == "key_mismatch":
-                    detail = "message key is not the user_id"
-                letter = replace(letter, key=hidden, value_b64="", detail=detail,
-                                 truncated=letter.value_size > 0)  # fmt: skip
-            await self.topics.dead_letters.send(key=key, value=encode(letter))
+            step.outputs.append(self.encoder.dead_letter(letter, messages[position].key))
         for position, record in decoded.unkeyed:
             # Unkeyed input sits on a partition not chosen by user_id: re-send it keyed.
-            outcomes[f"repartitioned:{self._type_of(messages[position].topic)}"] += 1
-            channel = self.topics.inputs.derive(topics=[messages[position].topic])
-            await channel.send(key=record.user_id.encode(), value=messages[position].value)
+            message = messages[position]
+            outcomes[f"repartitioned:{watermarks.kind_of(message.topic)}"] += 1
+            value = message.value or b""
+            step.outputs.append(OutputRecord(message.topic, record.user_id.encode(), value, None))
         by_user: dict[str, list[int]] = defaultdict(list)
         records: dict[int, Record] = dict(decoded.events)
         for position, record in decoded.events:
             by_user[record.user_id].append(position)
         touched = {m.partition for m in messages}
-        watermarks = {p: self.watermark(p) for p in touched}
+        marks = {p: watermarks(p) for p in touched}
         now = time.monotonic()
         for message in messages:
             # Every message read counts towards being caught up, rejected ones too.
-            source = (message.topic, message.partition)
-            expected = self.next_offset.get(source)
-            if expected is not None and message.offset > expected:
-                metrics.INPUT_OFFSET_GAPS.labels(self._type_of(message.topic)).inc(
-                    message.offset - expected
-                )
-                log.warning(
-                    "input %s[%d]: offsets %d..%d were never handed to the input pipeline",
-                    message.topic, message.partition, expected, message.offset - 1,
-                )  # fmt: skip
-            self.next_offset[source] = max(expected or 0, message.offset + 1)
+            watermarks.read(message.topic, message.partition, message.offset)
         for position, record in decoded.events:
             message = messages[position]
-            self.observe(message.topic, message.partition, record.timestamp, now)
-        batch_out = user_state.Outputs()
-        new_states: list[tuple[str, int, dict[str, Any]]] = []
+            watermarks.observe(message.topic, message.partition, record.timestamp, now)
+        batch_out = fold.Outputs()
+        new_states: list[tuple[str, int, UserState]] = []
         for user_id, positions in by_user.items():
             partition = messages[positions[-1]].partition
             batch = [records[p] for p in positions]
-            watermark = watermarks[partition]
-            state, out = user_state.apply_and_advance(
-                cast(Any, self.users).data.get(user_id), batch, self.settings, watermark, user_id
+            state, out = fold.apply_and_advance(
+                self.users.get(user_id), batch, self.config, marks[partition], user_id
             )
             await self.pause()
             batch_out.extend(out)
@@ -284,7 +173,7 @@ class InputPipeline:
         # between replays the events (at-least-once) instead of losing their outputs.
         partitions = {user: partition for user, partition, _ in new_states}
         await self._publish(batch_out, sent_ms, partitions, step)
-        await self._write_states(new_states, watermarks.__getitem__, step)
+        await self._write_states(new_states, marks.__getitem__, step)
         for _, record in decoded.events:
             if isinstance(record, Feedback):
                 if self.lane is not None:
@@ -308,161 +197,53 @@ class InputPipeline:
             await asyncio.sleep(0)
             self.last_yield = time.perf_counter()
 
-    def _type_of(self, topic: str) -> str:
-        return "impression" if topic == self.impressions_topic else "feedback"
-
-    def observe(
-        self, topic: str, partition: int, timestamp: float, now: float, offset: int | None = None
-    ) -> None:
-        """Move the clock of one input topic-partition on to an event read from it."""
-        self.first_seen.setdefault(partition, (timestamp, now))
-        source = (topic, partition)
-        self.clock[source] = max(self.clock.get(source, 0.0), timestamp)
-        self.last_input[source] = now
-        if offset is not None:
-            self.next_offset[source] = max(self.next_offset.get(source, 0), offset + 1)
-
-    def watermark(self, partition: int) -> float:
-        """Event time up to which ``partition``'s label windows may close.
-
-        The lower clock of the two inputs. An input silent for longer than ``idle_flush_s``
-        lets its clock run on with wall time from its last event, so a quiet input never
-        freezes the watermark; only wall time up to the latest check that found it with
-        nothing left to read counts (:meth:`check_inputs`), so an input the worker is merely
-        behind on, or paused on (e.g. in a rebalance), never runs on.
-
-        An input not read yet since the partition was assigned holds the watermark at its
-        floor (where it stood when the state was last written) until it is read, or the
-        broker says it has nothing to read; only then does it run on from the partition's
-        first event time. Otherwise, after a restart or a
-        takeover, one input resumed further ahead than the other would close label windows
-        whose feedback is still to be read, and make that input's events look late.
-        """
-        floor = self.floor.get(partition, 0.0)
-        first = self.first_seen.get(partition)
-        if first is None:
-            return floor
-        now = time.monotonic()
-        idle_after = self.settings.idle_flush_s
-        clocks = []
-        for topic in (self.impressions_topic, self.feedback_topic):
-            source = (topic, partition)
-            if source in self.clock:
-                clock, seen = self.clock[source], self.last_input[source]
-            elif source in self.quiet_at or now - first[1] > HOLD_UNREAD_MAX_S:
-                clock, seen = first
-            else:
-                return floor
-            clocks.append(clock + max(0.0, self.quiet_at.get(source, seen) - seen - idle_after))
-        return max(floor, min(clocks) - self.settings.watermark_delay_s)
-
-    def check_inputs(self, consumer: Any) -> None:
-        """Ask the consumer which inputs have records this worker has not processed yet.
-
-        An input with nothing left remembers the time of the check (its clock may run on up
-        to then, see :meth:`watermark`). Compares the log end offset of the latest fetch (a
-        fetch reports it correctly on Tansu too) with the next offset to process: the last
-        one processed plus one, or the committed offset for an input not read yet. An input
-        whose end is not known yet counts as behind.
-        """
-        committed = getattr(consumer, "_committed_offset", {})
-        now = time.monotonic()
-        for partition in list(self.first_seen):
-            for topic in (self.impressions_topic, self.feedback_topic):
-                source = (topic, partition)
-                tp = TP(topic, partition)
-                try:
-                    end = consumer.highwater(tp)
-                except Exception:  # not assigned (any more): leave as it is
-                    continue
-                position = self.next_offset.get(source)
-                if position is None:
-                    position = committed.get(tp) or 0
-                if end is None or end > position:
-                    self.quiet_at.pop(source, None)
-                    continue
-                self.quiet_at[source] = now
-
-    def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop the clocks of partitions this worker no longer owns.
-
-        Whoever owns a partition next starts its clocks afresh from the table's floor, so
-        stale clocks from an earlier ownership never push a watermark ahead.
-        """
-        for partition in set(partitions):
-            self.first_seen.pop(partition, None)
-            self.floor.pop(partition, None)
-            self.deadlines.pop(partition, None)
-            for topic in (self.impressions_topic, self.feedback_topic):
-                source = (topic, partition)
-                self.clock.pop(source, None)
-                self.last_input.pop(source, None)
-                self.next_offset.pop(source, None)
-                self.quiet_at.pop(source, None)
-        self.index_stale = True
-
-    def _store(
-        self, user_id: str, partition: int, state: dict[str, Any], watermark: float
-    ) -> dict[str, Any]:
-        """Replace the user's state in the table; return the state stored.
-
-        Stored states are never changed afterwards (every write stores a new dict), so the
-        changelog record can be made later, at delivery.
-        """
-        state["partition"] = partition
-        state["watermark"] = max(state.get("watermark", 0.0), watermark)
-        cast(Any, self.users).data[user_id] = state
-        deadline = user_state.next_deadline(state, self.settings)
+    def _store(self, user_id: str, partition: int, state: UserState, watermark: float) -> None:
+        """Store the user's new state (never changed afterwards: the changelog record is made
+        later, at delivery) and index its next label deadline."""
+        state.partition = partition
+        state.watermark = max(state.watermark, watermark)
+        self.users.put(user_id, state)
+        deadline = fold.next_deadline(state, self.config)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))
-        return state
-
-    def _changelog_record(self, user_id: str, state: dict[str, Any]) -> tuple[bytes | None, bytes]:
-        """The users table's changelog record of one stored state, as Faust writes it."""
-        table: Any = self.users
-        topic = table.changelog_topic
-        key, _ = topic.prepare_key(user_id, table.key_serializer)
-        value, _ = topic.prepare_value(state, table.value_serializer)
-        return key, value
 
     async def _write_states(
         self,
-        states: Iterable[tuple[str, int, dict[str, Any]]],
+        states: Iterable[tuple[str, int, UserState]],
         watermark: Callable[[int], float],
-        step: _Step,
+        step: Step,
     ) -> None:
-        """Store each ``(user, partition, state)`` and add its changelog record to ``step``.
+        """Store each ``(user, partition, state)`` and add it to ``step``'s changelog.
 
         Each partition's records go out as one batch: a batch's state is durable after about
         one round trip, so the gap after its outputs were delivered, in which a crash makes
         an output be published again, stays short.
         """
         for user, partition, state in states:
-            step.changelog[partition][user] = self._store(
-                user, partition, state, watermark(partition)
-            )
+            self._store(user, partition, state, watermark(partition))
+            step.changelog[partition][user] = state
             await self.pause()
 
-    async def close_due(self, partition: int, step: _Step) -> None:
+    async def close_due(self, partition: int, step: Step) -> None:
         """Close every label window on ``partition`` that its clock has passed."""
         heap = self.deadlines[partition]
-        watermark = self.watermark(partition)
+        watermark = self.watermarks(partition)
         due: set[str] = set()
         while heap and heap[0][0] <= watermark:
             due.add(heapq.heappop(heap)[1])
-        closed = user_state.Outputs()
-        changed: list[tuple[str, dict[str, Any]]] = []
+        closed = fold.Outputs()
+        changed: list[tuple[str, UserState]] = []
         for user_id in due:
-            current = cast(Any, self.users).data.get(user_id)
+            current = self.users.get(user_id)
             if current is None:
                 continue
-            state, out = user_state.advance(current, watermark, user_id, self.settings)
+            state, out = fold.advance(current, watermark, user_id, self.config)
             await self.pause()
             if out.examples or out.counts:
                 closed.extend(out)
                 changed.append((user_id, state))
             else:
-                deadline = user_state.next_deadline(current, self.settings)
+                deadline = fold.next_deadline(current, self.config)
                 if deadline is not None:
                     heapq.heappush(heap, (deadline, user_id))
         if changed:
@@ -475,7 +256,7 @@ class InputPipeline:
 
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
-        step = _Step()
+        step = Step()
         async with self.lock:
             # The periodic rebuild is a safety net: the index is derived from the table,
             # so a user it ever missed is picked up again within REBUILD_EVERY_S.
@@ -483,9 +264,9 @@ class InputPipeline:
                 self.rebuild_index(self.users.items())
             for partition in list(self.deadlines):
                 await self.close_due(partition, step)
-            await self._queue(step)
+            await self.delivery.queue(step)
 
-    def rebuild_index(self, items: Iterable[tuple[str, Any]]) -> None:
+    def rebuild_index(self, items: Iterable[tuple[str, UserState]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
 
         Each partition's watermark resumes from the highest one its states were written
@@ -495,13 +276,10 @@ class InputPipeline:
         """
         self.deadlines.clear()
         for user_id, state in items:
-            if not state:
-                continue
-            partition = int(state.get("partition", 0))
-            self.floor[partition] = max(self.floor.get(partition, 0.0), state.get("watermark", 0.0))
-            deadline = user_state.next_deadline(state, self.settings)
+            self.watermarks.resume_from(state.partition, state.watermark)
+            deadline = fold.next_deadline(state, self.config)
             if deadline is not None:
-                self.deadlines[partition].append((deadline, user_id))
+                self.deadlines[state.partition].append((deadline, user_id))
         for heap in self.deadlines.values():
             heapq.heapify(heap)
         self.index_stale = False
@@ -509,27 +287,19 @@ class InputPipeline:
 
     async def _publish(
         self,
-        out: user_state.Outputs,
+        out: fold.Outputs,
         sent_ms: dict[str, int | None],
         partitions: dict[str, int],
-        step: _Step,
+        step: Step,
     ) -> None:
-        """Add the examples and score updates to ``step``'s outputs.
-
-        With pseudonymous ids the key no longer hashes to the user's partition, so each
-        record names its partition explicitly: outputs stay co-partitioned with the input.
-        """
-        hide = self.pseudonym.enabled
+        """Add the examples and score updates to ``step``'s outputs."""
         records = step.outputs
-        lane = self.lane
+        lane, encoder = self.lane, self.encoder
         for update in out.updates:
             if lane is not None:
                 merged = lane.merge(update.user_id, update.suppressions, update.timestamp)
                 update = replace(update, suppressions=merged)
-            user = self.pseudonym(update.user_id)
-            partition = partitions.get(update.user_id) if hide else None
-            value = encode(replace(update, user_id=user) if hide else update)
-            records.append((self.topics.scores, user.encode(), value, partition))
+            records.append(encoder.score_update(update, partitions.get(update.user_id)))
             metrics.SCORE_UPDATES.labels(update.source).inc()
             # An event the fast lane published first was timed by the lane.
             timed = tuple(
@@ -540,10 +310,7 @@ class InputPipeline:
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
             metrics.EXAMPLES.labels(group).inc()
-            user = self.pseudonym(example.user_id)
-            partition = partitions.get(example.user_id) if hide else None
-            value = encode(replace(example, user_id=user) if hide else example)
-            records.append((self.topics.examples, user.encode(), value, partition))
+            records.append(encoder.example(example, partitions.get(example.user_id)))
             await self.pause()
 
 

@@ -7,6 +7,7 @@ from model.config import (
     DEFAULT_SEVERITY,
     HEADS,
     ModelConfig,
+    p_negative,
     resolve_device,
 )
 from model.hashing import FeatureHasher, expected_collision_fraction, stable_hash
@@ -49,6 +50,7 @@ __all__ = [
     "RollingAUC",
     "expected_collision_fraction",
     "load_latest",
+    "p_negative",
     "psi",
     "psi_level",
     "resolve_device",

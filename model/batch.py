@@ -209,7 +209,15 @@ class ExampleBatch(CandidateBatch):
         ... ]
         >>> batch = ExampleBatch.from_examples(examples, config)
         >>> batch.targets.tolist(), batch.weights.tolist()
-        ([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [10.0, 1.0])
+        ([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]], [2.0, 1.0])
+
+        Severity is applied once: an example's ``weight`` (the join sets it to its label's
+        severity) is its loss weight; an example without one weighs the severity of its
+        most severe observed kind.
+
+        >>> del examples[0]["weight"]
+        >>> ExampleBatch.from_examples(examples, config).weights.tolist()
+        [5.0, 1.0]
         >>> bool(batch.item[0] == batch.item[1]), batch.category[0].item(), batch.creator[1].item()
         (True, 0, 0)
         """
@@ -244,7 +252,8 @@ class ExampleBatch(CandidateBatch):
         worst = np.zeros(n, dtype=np.float32)
         np.maximum.at(worst, rows[known], kind_severity[known])
         worst[targets.max(axis=1, initial=0.0) == 0] = 1.0
-        weights = np.array([example.get("weight", 1.0) for example in examples], dtype=np.float32)
+        given = np.array([example.get("weight", np.nan) for example in examples], dtype=np.float32)
+        weights = np.where(np.isnan(given), worst, given).astype(np.float32, copy=False)
         return cls(
             candidates.user,
             candidates.item,
@@ -252,7 +261,7 @@ class ExampleBatch(CandidateBatch):
             candidates.category,
             candidates.dense,
             targets=targets,
-            weights=weights * worst,
+            weights=weights,
         )
 
     def take(self, index: npt.NDArray[np.int64]) -> ExampleBatch:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
+import numpy.typing as npt
 import torch
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "IMPLICIT_NEGATIVE",
     "NO_REACTION",
     "ModelConfig",
+    "p_negative",
     "resolve_device",
 ]
 
@@ -64,6 +66,24 @@ DEFAULT_SEVERITY: Final[Mapping[str, float]] = MappingProxyType(
         "convert": 1.0,
     }
 )
+
+
+def p_negative(predictions: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Probability of any negative reaction from per-head probabilities (rows x ``HEADS``):
+    ``1 - (1 - p_explicit)(1 - p_implicit)``, in the dtype of ``predictions``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p_negative(np.array([[0.5, 0.5, 0.1]], dtype=np.float32)).tolist()
+    [0.75]
+    """
+    explicit, implicit = HEADS.index("explicit_negative"), HEADS.index("implicit_negative")
+    one = predictions.dtype.type(1.0)
+    result: npt.NDArray[Any] = one - (one - predictions[:, explicit]) * (
+        one - predictions[:, implicit]
+    )
+    return result
 
 
 def _default_severity() -> dict[str, float]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.batch import CandidateBatch, ExampleBatch
-from model.config import HEADS, ID_FIELDS, ModelConfig, resolve_device
+from model.config import HEADS, ID_FIELDS, ModelConfig, p_negative, resolve_device
 from model.hashing import cross_buckets
 from model.lazy_adagrad import LazyAdagrad
 from model.lazy_adam import LazyAdam
@@ -322,8 +322,7 @@ class OnlineModel:
         self, batch: CandidateBatch | Sequence[Mapping[str, Any]]
     ) -> npt.NDArray[np.float32]:
         """Probability of any negative reaction, ``1 - (1 - p_explicit)(1 - p_implicit)``."""
-        p = self.predict_many(batch)
-        return (1.0 - (1.0 - p[:, _EXPLICIT]) * (1.0 - p[:, _IMPLICIT])).astype(np.float32)
+        return p_negative(self.predict_many(batch)).astype(np.float32, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
         """Snapshot of weights, optimiser state, RNG, config, ``version`` and ``examples_seen``.

@@ -76,7 +76,7 @@ def sample_extra_negatives(
     >>> len(extra), bool((extra.item == batch.item[1]).all()), extra.targets[0].tolist()
     (2, True, [1.0, 0.0, 0.0])
     >>> extra.weights.tolist()
-    [1.5, 1.5]
+    [0.5, 0.5]
     """
     sources = np.flatnonzero(batch.targets[:, _EXPLICIT] > 0)
     if k <= 0 or len(sources) == 0:

@@ -13,6 +13,8 @@ NO_REACTION: Final = "none"
 
 #: Kinds that publish a suppression at once on the fast path.
 STRONG_NEGATIVE: Final = frozenset({"not_interested", "hide", "report", "block_creator", "dislike"})
+#: Strong negatives aimed at the creator: they suppress the creator as a whole at once.
+CREATOR_TARGETED: Final = frozenset({"report", "block_creator"})
 
 #: Label weight of each kind. Reports and "not interested" outweigh any positive signal,
 #: the ordering public heavy-ranker weights use.
@@ -47,3 +49,28 @@ def kind_group(kind: str) -> str:
     if kind in POSITIVE:
         return "engagement"
     raise ValueError(f"unknown feedback kind {kind!r}")
+
+
+def severity(kind: str) -> float:
+    """Label weight of a kind (1 for a kind without one, e.g. ``"none"``).
+
+    Examples
+    --------
+    >>> severity("report"), severity("none")
+    (5.0, 1.0)
+    """
+    return DEFAULT_SEVERITY.get(kind, 1.0)
+
+
+def label_of(kinds: tuple[str, ...] | list[str]) -> str:
+    """The label of an impression that got ``kinds``: negatives outrank positives, and
+    within a group the most severe kind wins; :data:`NO_REACTION` when there were none.
+
+    Examples
+    --------
+    >>> label_of(("click", "skip", "hide")), label_of(())
+    ('hide', 'none')
+    """
+    if not kinds:
+        return NO_REACTION
+    return max(kinds, key=lambda kind: (kind in NEGATIVE_KINDS, severity(kind)))

@@ -59,3 +59,22 @@ def build_app(settings: Settings) -> faust.App:
     )
     app.negstream_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     return app
+
+
+def recovery_done(app: faust.App) -> bool:
+    """Whether the app is neither rebalancing nor recovering its tables."""
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    return not (app.rebalancing or app.in_recovery or not recovery.completed.is_set())
+
+
+def recovery_ended_at(app: faust.App) -> float | None:
+    """When the latest table recovery ended (changes after each rebalance's recovery)."""
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    ended: float | None = getattr(recovery, "_recovery_ended_at", None)
+    return ended
+
+
+def committed_offsets(consumer: Any) -> dict[Any, int]:
+    """The consumer's committed offset of each partition it committed (Faust's own map)."""
+    committed: dict[Any, int] = getattr(consumer, "_committed_offset", {})
+    return committed

@@ -1,47 +1,32 @@
-"""Topic declarations: every topic negstream reads or writes, declared once."""
+"""Topic declarations: the topics the worker reads through Faust, declared once.
+
+negstream's outputs (examples, scores, drift reports, dead letters, the users changelog)
+are written by :class:`streams.output.OutputProducer` by name; every topic is created by
+:mod:`streams.admin`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 from faust.types import TopicT
 
-from streams.output import OutputProducer
 from streams.settings import Settings
 
 
 @dataclass(frozen=True)
 class Topics:
-    """The app's topics. Values are raw bytes: negstream decodes and validates them itself,
-    so that a malformed message becomes a dead letter instead of a crashed agent."""
+    """The topics Faust subscribes to. Values are raw bytes: negstream decodes and validates
+    them itself, so that a malformed message becomes a dead letter instead of a crashed
+    agent."""
 
     inputs: TopicT
     examples: TopicT
-    scores: TopicT
-    drift: TopicT
-    dead_letters: TopicT
-    outputs: OutputProducer
-
-    async def publish(
-        self, topic: TopicT, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> asyncio.Future[Any]:
-        """Send one output record through the batching producer.
-
-        Returns the delivery future: await it (or gather many) to know the broker has it.
-        """
-        return await self.outputs.send(topic.get_topic_name(), key, value, partition)
-
-    @property
-    def impressions_name(self) -> str:
-        """Name of the impressions topic (the first input)."""
-        return self.inputs.topics[0]
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
-    """Declare the topics on ``app``; they are created by :mod:`streams.admin`."""
+    """Declare the read topics on ``app`` (bulk-read: see :mod:`streams.bulk`)."""
 
     def raw(*names: str) -> TopicT:
         return app.topic(
@@ -53,11 +38,10 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
             internal=False,
         )
 
-    return Topics(
+    topics = Topics(
         inputs=raw(settings.topic("impressions"), settings.topic("feedback")),
         examples=raw(settings.topic("examples")),
-        scores=raw(settings.topic("scores")),
-        drift=raw(settings.topic("drift")),
-        dead_letters=raw(settings.topic("dead_letters")),
-        outputs=OutputProducer(settings),
     )
+    app.topics.add(topics.inputs)
+    app.topics.add(topics.examples)
+    return topics

@@ -175,3 +175,22 @@ def assert_once_by_id(examples: list[Any], expected: dict[str, str]) -> int:
     differing = sorted(i for i, copies in by_id.items() if any(c != copies[0] for c in copies))
     assert not differing, f"copies of one example differ: {differing[:10]}"
     return len(examples) - len(by_id)
+
+
+def memory_users(states: dict[str, Any] | None = None) -> Any:
+    """A users store over a plain dict (no Faust app), as the worker's services see it.
+
+    ``states`` may hold typed states or their wire dicts (decoded on first read).
+    """
+    from types import SimpleNamespace
+
+    from agents.wiring import users_store
+
+    return users_store(SimpleNamespace(data=states if states is not None else {}))
+
+
+def state_config(**overrides: Any) -> Any:
+    """The per-user logic's config of ``Settings(**overrides)``."""
+    from agents.wiring import state_config as build
+
+    return build(Settings(**overrides))

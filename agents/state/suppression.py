@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import replace
 
-from agents.state import windows
+from agents.state import counters, windows
+from agents.state.config import StateConfig
+from agents.state.state import UserState
 from schemas.events import Feedback, ScoreUpdate, Suppression
-from schemas.kinds import STRONG_NEGATIVE
-from streams.settings import Settings
+from schemas.kinds import CREATOR_TARGETED, STRONG_NEGATIVE
 
 #: Explicit negatives on one creator / category in the long window that suppress it as a whole.
 CREATOR_REPEAT = 2
@@ -17,50 +19,36 @@ CREATOR_PENALTY = 0.8
 CATEGORY_PENALTY = 0.5
 
 
-def fast_path_update(state: dict[str, Any], fb: Feedback, settings: Settings) -> ScoreUpdate | None:
+def fast_path_update(state: UserState, fb: Feedback, config: StateConfig) -> ScoreUpdate | None:
     """Suppressions for a strong negative, recorded in ``state``; ``None`` for other kinds.
 
     The item is always suppressed; its creator when the kind targets the creator
-    (block_creator, report) or the user repeated explicit negatives on it, and its category
-    on repeats. Each carries a penalty in [0, 1], an event-time expiry and the reason.
+    (:data:`~schemas.kinds.CREATOR_TARGETED`) or the user repeated explicit negatives on it,
+    and its category on repeats. Each carries a penalty in [0, 1], an event-time expiry and
+    the reason.
     """
     if fb.kind not in STRONG_NEGATIVE:
         return None
-    long_step = windows.long_step(settings.window_long_s, settings.window_step_s)
-    long = windows.window_buckets(state["clock"], settings.window_long_s, long_step)
+    long = windows.window_buckets(state.clock, config.window_long_s, config.long_step_s)
     new = [
         Suppression(
-            "item", fb.item_id, ITEM_PENALTY, fb.timestamp + settings.suppression_ttl_s, fb.kind
+            "item", fb.item_id, ITEM_PENALTY, fb.timestamp + config.suppression_ttl_s, fb.kind
         )
     ]
-    group_expiry = fb.timestamp + settings.creator_suppression_ttl_s
+    group_expiry = fb.timestamp + config.creator_suppression_ttl_s
     if fb.creator_id is not None:
-        repeats = windows.total(state["long"], long, "nc:" + fb.creator_id)
-        if fb.kind in {"block_creator", "report"}:
+        repeats = windows.total(state.long, long, counters.creator_negatives(fb.creator_id))
+        if fb.kind in CREATOR_TARGETED:
             new.append(Suppression("creator", fb.creator_id, 1.0, group_expiry, fb.kind))
         elif repeats >= CREATOR_REPEAT:
             reason = f"repeated_negatives:{repeats}"
             new.append(Suppression("creator", fb.creator_id, CREATOR_PENALTY, group_expiry, reason))
     if fb.category is not None:
-        repeats = windows.total(state["long"], long, "ng:" + fb.category)
+        repeats = windows.total(state.long, long, counters.category_negatives(fb.category))
         if repeats >= CATEGORY_REPEAT:
             reason = f"repeated_negatives:{repeats}"
             new.append(Suppression("category", fb.category, CATEGORY_PENALTY, group_expiry, reason))
-    merged = {(s["target_type"], s["target_id"]): s for s in state["suppressions"]}
-    for suppression in new:
-        key = (suppression.target_type, suppression.target_id)
-        previous = merged.get(key)
-        if previous is None or previous["penalty"] <= suppression.penalty:
-            merged[key] = {
-                "target_type": suppression.target_type,
-                "target_id": suppression.target_id,
-                "penalty": suppression.penalty,
-                "expires_at": max(
-                    suppression.expires_at, previous["expires_at"] if previous else 0.0
-                ),
-                "reason": suppression.reason,
-            }
-    state["suppressions"] = list(merged.values())
+    state.suppressions = list(merge(state.suppressions, new, replace_weaker=True))
     return ScoreUpdate(
         user_id=fb.user_id,
         source="fast_path",
@@ -71,8 +59,50 @@ def fast_path_update(state: dict[str, Any], fb: Feedback, settings: Settings) ->
     )
 
 
-def active_suppressions(state: dict[str, Any]) -> tuple[Suppression, ...]:
+def merge(
+    held: Iterable[Suppression],
+    added: Iterable[Suppression],
+    clock: float | None = None,
+    replace_weaker: bool = False,
+) -> tuple[Suppression, ...]:
+    """One suppression per target.
+
+    By default the stronger penalty is kept, with the later expiry of the two (merging
+    suppressions published by different paths). With ``replace_weaker`` (a user's own new
+    suppressions) an added one at least as strong replaces the held one and keeps the later
+    expiry, and a weaker one is dropped. Those expired at event time ``clock``, when given,
+    are left out.
+
+    Examples
+    --------
+    >>> a = Suppression("item", "i1", 1.0, 50.0, "hide")
+    >>> b = Suppression("item", "i1", 0.5, 90.0, "skip")
+    >>> merge([a], [b])[0].expires_at, merge([a], [b], replace_weaker=True)[0].expires_at
+    (90.0, 50.0)
+    """
+    merged: dict[tuple[str, str], Suppression] = {}
+    for is_added, suppressions in ((False, held), (True, added)):
+        for suppression in suppressions:
+            if clock is not None and suppression.expires_at <= clock:
+                continue
+            key = (suppression.target_type, suppression.target_id)
+            previous = merged.get(key)
+            if previous is None:
+                merged[key] = suppression
+                continue
+            if is_added and replace_weaker:
+                if previous.penalty > suppression.penalty:
+                    continue
+                stronger = suppression
+            else:
+                stronger = suppression if suppression.penalty > previous.penalty else previous
+            expiry = max(previous.expires_at, suppression.expires_at)
+            if stronger.expires_at != expiry:
+                stronger = replace(stronger, expires_at=expiry)
+            merged[key] = stronger
+    return tuple(merged.values())
+
+
+def active_suppressions(state: UserState) -> tuple[Suppression, ...]:
     """The user's suppressions that have not expired at their clock."""
-    return tuple(
-        Suppression(**s) for s in state["suppressions"] if s["expires_at"] > state["clock"]
-    )
+    return tuple(s for s in state.suppressions if s.expires_at > state.clock)

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from model.batch import CandidateBatch, ExampleBatch
-from model.config import HEADS
+from model.config import HEADS, p_negative
 from model.monitor.metrics import CalibrationError, LogLoss, RollingAUC
 
 __all__ = ["Learner", "Prequential"]
@@ -76,7 +76,7 @@ class Prequential:
         }
         columns["negative"] = (
             np.maximum(targets[:, _EXPLICIT], targets[:, _IMPLICIT]),
-            1.0 - (1.0 - predictions[:, _EXPLICIT]) * (1.0 - predictions[:, _IMPLICIT]),
+            p_negative(predictions),
         )
         for head, (labels, scores) in columns.items():
             for metric in self.metrics[head].values():

@@ -17,7 +17,7 @@ import torch
 
 from agents.state import fold as user_state
 from model import ExampleBatch, LogLoss, ModelConfig, OnlineModel, RollingAUC
-from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS
+from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS, p_negative
 from schemas.events import Example, Feedback, Impression
 from schemas.kinds import DEFAULT_SEVERITY, NEGATIVE_KINDS, NO_REACTION
 from schemas.validation import validate_feedback, validate_impression
@@ -219,7 +219,7 @@ def _p_negative(p: npt.NDArray[np.float32], ignore_negatives: bool) -> npt.NDArr
     if ignore_negatives:
         # Without negative labels the negative heads only ever see 0: rank by engagement.
         return 1.0 - p[:, _ENGAGEMENT].astype(np.float64)
-    return 1.0 - (1.0 - p[:, _EXPLICIT].astype(np.float64)) * (1.0 - p[:, _IMPLICIT])
+    return p_negative(p.astype(np.float64))
 
 
 def _rank(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:

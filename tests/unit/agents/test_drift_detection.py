@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +19,12 @@ from model.monitor.drift_monitor import DriftMonitor
 from schemas.kinds import NEGATIVE_KINDS
 from schemas.validation import validate_feedback, validate_impression
 from simulator.stream import Simulator, SimulatorConfig
-from streams.settings import Settings
+from tests.support import state_config
 
 PERIOD_S = 10.0
 PERIODS = 10
 DRIFT_PERIOD = 6
-SETTINGS = Settings(label_window_s=10.0, watermark_delay_s=0.0)
+SETTINGS = state_config(label_window_s=10.0, watermark_delay_s=0.0)
 
 
 def reports(drift: bool) -> list[list[str]]:
@@ -35,7 +36,7 @@ def reports(drift: bool) -> list[list[str]]:
     start = config.start_time
     impressions_per_s = config.impressions_per_request / config.mean_request_gap_s
     events = simulator.events(int(PERIODS * PERIOD_S * impressions_per_s))
-    states: dict[str, dict] = {}
+    states: dict[str, Any] = {}
     examples = []
     newest = 0.0
     for event in events:

@@ -7,11 +7,14 @@ from typing import Any
 
 import orjson
 
+from agents.encoder import OutputEncoder
 from agents.fast_lane import FastLane
 from agents.state import fold as user_state
 from schemas import decode_score_update
 from schemas.events import Feedback, Suppression
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
+from tests.support import memory_users, state_config
 
 T0 = 1_767_225_600.0
 
@@ -28,8 +31,10 @@ class Recorder:
 
 
 def lane(states: dict[str, Any] | None = None, **overrides: Any) -> FastLane:
-    users: Any = SimpleNamespace(data=states if states is not None else {})
-    return FastLane(Settings(**overrides), users, watermark=lambda partition: 0.0)
+    settings = Settings(**overrides)
+    encoder = OutputEncoder(settings, Pseudonymizer(settings.pseudonymize_key))
+    users = memory_users(states)
+    return FastLane(settings, state_config(**overrides), users, lambda partition: 0.0, encoder)
 
 
 def record(kind: str, event_id: str = "f-1", user: str = "alice", **fields: Any) -> Any:
@@ -70,7 +75,7 @@ def test_other_kinds_bad_records_and_repeats_publish_nothing() -> None:
 
 
 def test_an_event_already_in_the_stored_state_is_not_published_again() -> None:
-    state, _ = user_state.apply_events(None, [feedback("f-1", "hide", "video-9")], Settings())
+    state, _ = user_state.apply_events(None, [feedback("f-1", "hide", "video-9")], state_config())
     fast, out = lane({"alice": state}), Recorder()
     fast._handle(out, 0, record("hide"))  # type: ignore[arg-type]
     assert out.sent == []

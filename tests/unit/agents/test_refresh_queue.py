@@ -1,19 +1,26 @@
-"""Which queued users the model service rescores, and when (no broker: a stub table)."""
+"""Which queued users the rescorer rescores, and when (no broker: a dict-backed store)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from agents.trainer import MAX_QUEUED_TRIGGERS, ModelService, trigger_ids
+from agents.encoder import OutputEncoder
+from agents.rescorer import MAX_QUEUED_TRIGGERS, Rescorer, trigger_ids
+from agents.trainer import Trainer
+from agents.wiring import state_config
+from streams.output import OutputProducer
+from streams.privacy import Pseudonymizer
 from streams.settings import Settings
+from tests.support import memory_users
 
 
-def service(tmp_path: Path, users: dict[str, Any]) -> ModelService:
+def service(tmp_path: Path, users: dict[str, Any]) -> Rescorer:
     settings = Settings(data_dir=str(tmp_path), model_buckets=2**8, device="cpu",
                         score_min_interval_s=0.5, label_window_s=120.0)  # fmt: skip
-    return ModelService(settings, topics=None, users=SimpleNamespace(data=users))  # type: ignore[arg-type]
+    encoder = OutputEncoder(settings, Pseudonymizer(""))
+    return Rescorer(settings, state_config(settings), memory_users(users), Trainer(settings),
+                    encoder, OutputProducer(settings))  # fmt: skip
 
 
 def state(candidates: int) -> dict[str, Any]:

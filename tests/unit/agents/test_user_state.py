@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 
+from agents.state import features
 from agents.state import fold as user_state
+from agents.state.state import Candidate
 from schemas import Feedback, Impression
-from streams.settings import Settings
+from tests.support import state_config
 
 T0 = 1_767_225_600.0
-SETTINGS = Settings(label_window_s=60.0, grace_s=120.0, watermark_delay_s=0.0, window_step_s=60.0,
+SETTINGS = state_config(label_window_s=60.0, grace_s=120.0, watermark_delay_s=0.0, window_step_s=60.0,
                     window_short_s=600.0, window_long_s=3600.0, abuse_negative_cap=5)  # fmt: skip
 
 
@@ -39,12 +41,12 @@ def run(events: list[Impression | Feedback], close_at: float | None = None):
 
 def test_duplicates_count_once() -> None:
     state, out = run([imp("a", 0), imp("a", 0), fb("b", 5), fb("b", 5)])
-    view = user_state.table_view(state, SETTINGS)
+    view = features.table_view(state, SETTINGS)
     assert view["short"]["impressions"] == 1 and view["short"]["negatives"] == 1
     assert out.counts["duplicate:impression"] == 1 and out.counts["duplicate:feedback"] == 1
     again, out2 = user_state.apply_events(state, [imp("a", 0)], SETTINGS)
     assert out2.counts["duplicate:impression"] == 1
-    assert user_state.table_view(again, SETTINGS)["short"]["impressions"] == 1
+    assert features.table_view(again, SETTINGS)["short"]["impressions"] == 1
 
 
 def test_apply_events_does_not_mutate_its_input() -> None:
@@ -60,7 +62,7 @@ def test_late_events_beyond_grace_are_counted_not_applied() -> None:
     events = [imp("late", 1000 - 121), imp("ok", 1000 - 119)]
     state, out = user_state.apply_events(state, events, SETTINGS, watermark=T0 + 1000)
     assert out.counts["late:impression"] == 1
-    assert user_state.table_view(state, SETTINGS)["long"]["impressions"] == 2
+    assert features.table_view(state, SETTINGS)["long"]["impressions"] == 2
 
 
 def test_events_far_behind_the_users_own_topic_clock_are_late() -> None:
@@ -72,7 +74,7 @@ def test_events_far_behind_the_users_own_topic_clock_are_late() -> None:
 
 def test_windows_expire_with_the_clock() -> None:
     state, _ = run([fb("a", 0), fb("b", 590), imp("c", 700)])
-    view = user_state.table_view(state, SETTINGS)
+    view = features.table_view(state, SETTINGS)
     # The short window at t=700 covers buckets 2..11 (t in [120, 720)): only "b" is in it.
     assert view["short"]["negatives"] == 1
     assert view["long"]["negatives"] == 2
@@ -147,22 +149,21 @@ def test_flooding_user_is_flagged_and_excluded_from_examples() -> None:
     assert out.examples == [] and out.counts["abuse_excluded"] == 1
     calm, calm_out = run([imp("a", 0), fb("b", 1)], close_at=500)
     assert calm_out.counts["flagged"] == 0 and len(calm_out.examples) == 1
-    assert not user_state.table_view(calm, SETTINGS)["flagged"]
+    assert not features.table_view(calm, SETTINGS)["flagged"]
 
 
 def test_features_many_equals_features_one_by_one() -> None:
     events = [imp("a", 0), fb("b", 1, "dislike"), imp("c", 2, "i2", "c2"), fb("d", 3, "skip", "i2")]
     state, _ = run(events)
     candidates = [
-        {"item_id": "i1", "creator_id": "c1", "category": "g1"},
-        {"item_id": "i2", "creator_id": "c2", "category": None},
-        {"item_id": "i9", "creator_id": None, "category": "g1"},
+        Candidate("i1", "c1", "g1"),
+        Candidate("i2", "c2", None),
+        Candidate("i9", None, "g1"),
     ]
     one_by_one = [
-        user_state.features(state, SETTINGS, c["item_id"], c["creator_id"], c["category"])
-        for c in candidates
+        features.features(state, SETTINGS, c.item_id, c.creator_id, c.category) for c in candidates
     ]
-    assert user_state.features_many(state, SETTINGS, candidates) == one_by_one
+    assert features.features_many(state, SETTINGS, candidates) == one_by_one
     # fb() gives every feedback creator c1: the dislike and the skip both count.
     assert one_by_one[0]["item_exposure"] == 1.0 and one_by_one[0]["creator_neg_long"] == 2.0
 
@@ -194,10 +195,9 @@ def test_batch_splits_give_the_same_state_and_features_and_never_mutate_inputs()
         at += size
     assert state == whole
     assert all(kept == snapshot for kept, snapshot in history)
-    candidates = [{"item_id": f"i{k}", "creator_id": f"c{k % 5}", "category": "g1"}
-                  for k in range(30)]  # fmt: skip
-    assert user_state.features_many(state, SETTINGS, candidates) == user_state.features_many(
+    candidates = [Candidate(f"i{k}", f"c{k % 5}", "g1") for k in range(30)]
+    assert features.features_many(state, SETTINGS, candidates) == features.features_many(
         whole, SETTINGS, candidates
     )
     # Each pending impression carries the features taken when it arrived.
-    assert len(state["pending"]) > 200
+    assert len(state.pending) > 200

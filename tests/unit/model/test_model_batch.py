@@ -94,18 +94,23 @@ def test_custom_feature_names_set_the_columns() -> None:
 def test_targets_and_severity_weights(
     label: str, kinds: list[str], targets: list[int], severity: float
 ) -> None:
-    batch = ExampleBatch.from_examples([example(label=label, kinds=kinds, weight=2.0)], CONFIG)
+    unweighted = example(label=label, kinds=kinds)
+    del unweighted["weight"]
+    batch = ExampleBatch.from_examples([unweighted], CONFIG)
     assert batch.targets.tolist() == [[float(t) for t in targets]]
-    assert batch.weights.tolist() == [2.0 * severity]
+    assert batch.weights.tolist() == [severity], "no weight given: the worst kind's severity"
     assert batch.targets.dtype == batch.weights.dtype == np.float32
+    # The join sets the weight to its label's severity; it is applied once, never again.
+    weighted = ExampleBatch.from_examples([example(label=label, kinds=kinds, weight=2.0)], CONFIG)
+    assert weighted.weights.tolist() == [2.0]
 
 
 def test_severity_map_is_a_config_field() -> None:
     config = ModelConfig(buckets=64, severity={"skip": 7.0})
-    batch = ExampleBatch.from_examples([example(label="skip", kinds=["skip"])], config)
-    assert batch.weights.tolist() == [7.0]
-    batch = ExampleBatch.from_examples([example(label="report", kinds=["report"])], config)
-    assert batch.weights.tolist() == [1.0]
+    skip, report = example(label="skip", kinds=["skip"]), example(label="report", kinds=["report"])
+    del skip["weight"], report["weight"]
+    assert ExampleBatch.from_examples([skip], config).weights.tolist() == [7.0]
+    assert ExampleBatch.from_examples([report], config).weights.tolist() == [1.0]
 
 
 def test_unknown_kinds_are_ignored() -> None:

@@ -63,8 +63,8 @@ def test_sampled_rows_carry_the_users_features_and_a_reduced_weight() -> None:
     assert (extra.user == batch.user[0]).all()
     assert (extra.creator == batch.creator[1]).all()
     assert extra.targets.tolist() == [[1.0, 0.0, 0.0]] * 3
-    # source weight 2.0 * report severity 5.0 * extra_negative_weight 0.5
-    assert extra.weights.tolist() == [5.0] * 3
+    # source weight 2.0 (severity is the join's, applied once) * extra_negative_weight 0.5
+    assert extra.weights.tolist() == [1.0] * 3
 
 
 def test_no_extra_rows_without_explicit_negatives_or_related_items() -> None:

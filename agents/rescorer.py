@@ -1,0 +1,216 @@
+"""The model path's rescorer: queued users' candidates scored by the current model and
+published as ``ScoreUpdate`` records, coalesced per user."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agents.delivery import deliver_records
+from agents.encoder import OutputEncoder, OutputRecord
+from agents.pipeline import SuppressionsAhead
+from agents.state.config import StateConfig
+from agents.state.features import feature_rows
+from agents.state.state import UserState
+from agents.state.suppression import active_suppressions
+from agents.trainer import Trainer
+from model import CandidateBatch
+from schemas.events import ItemScore, ScoreUpdate, Suppression
+from streams import metrics
+from streams.output import OutputProducer
+from streams.settings import Settings
+from streams.users import UsersStore
+
+log = logging.getLogger(__name__)
+
+#: Most event ids a ScoreUpdate names as its triggers.
+MAX_TRIGGER_IDS = 50
+#: Most triggers queued for one user between two updates (the newest are kept).
+MAX_QUEUED_TRIGGERS = 1000
+
+
+def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
+    """The event ids a ScoreUpdate names: feedback events first, then the newest examples.
+
+    ``triggers`` are ``(event_id, produced_ms)`` in arrival order; a feedback event has its
+    produce time, a learned example ``None``. A busy user gathers many learned examples
+    between two updates, and a ranking service matches the update to the feedback it reacts
+    to, so feedback ids are kept before example ids (the newest of each, at most
+    :data:`MAX_TRIGGER_IDS` in all).
+
+    Examples
+    --------
+    >>> trigger_ids([("f1", 5), *((f"x{n}", None) for n in range(60)), ("f2", 9)])[:4]
+    ('f1', 'f2', 'x12', 'x13')
+    >>> len(trigger_ids([(f"f{n}", n) for n in range(80)]))
+    50
+    """
+    feedback = [event_id for event_id, produced_ms in triggers if produced_ms is not None]
+    kept = feedback[-MAX_TRIGGER_IDS:]
+    room = MAX_TRIGGER_IDS - len(kept)
+    examples = [event_id for event_id, produced_ms in triggers if produced_ms is None]
+    return tuple(kept + (examples[-room:] if room else []))
+
+
+@dataclass(frozen=True)
+class _Rescore:
+    """One user to rescore: the stored state read, why, and the suppressions to publish."""
+
+    user: str
+    state: UserState
+    triggers: list[tuple[str, int | None]]
+    suppressions: tuple[Suppression, ...]
+
+
+class Rescorer:
+    """Rescores queued users (queued by their new feedback, and by learned examples), at
+    most once per ``score_min_interval_s`` each, so a busy user's updates are coalesced.
+
+    Featurising, scoring and encoding run on the trainer's model thread: stored states are
+    never changed in place, so reading them there is safe, and the event loop stays free.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: StateConfig,
+        users: UsersStore[UserState],
+        trainer: Trainer,
+        encoder: OutputEncoder,
+        outputs: OutputProducer,
+        lane: SuppressionsAhead | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.users = users
+        self.trainer = trainer
+        self.encoder = encoder
+        self.outputs = outputs
+        # Suppressions the fast lane published ahead of the users table are merged in.
+        self.lane = lane
+        self.pending: dict[str, list[tuple[str, int | None]]] = {}
+        self.last_refresh: dict[str, float] = {}
+        # Queued users without candidates yet, and since when (see ``_due_jobs``).
+        self.waiting_since: dict[str, float] = {}
+
+    def learned(self, examples: list[dict[str, Any]]) -> None:
+        """Queue the users of learned examples (their scores changed with the model)."""
+        for example in examples:
+            user = self.encoder.pseudonym.real_id(example["user_id"])
+            self.request_refresh(user, example["example_id"], None)
+
+    def request_refresh(self, user_id: str, trigger_id: str, produced_ms: int | None) -> None:
+        """Queue ``user_id`` for rescoring because of event ``trigger_id``."""
+        triggers = self.pending.setdefault(user_id, [])
+        triggers.append((trigger_id, produced_ms))
+        if len(triggers) > MAX_QUEUED_TRIGGERS:
+            # A flooding user: an update names at most MAX_TRIGGER_IDS of them anyway.
+            del triggers[: len(triggers) - MAX_QUEUED_TRIGGERS]
+
+    def _due_jobs(self, now: float) -> list[_Rescore]:
+        """Take the queued users due a refresh that have candidates to score.
+
+        A user's feedback can be read before the impressions that give it candidates (the
+        two input topics are read independently), so a user without candidates keeps its
+        triggers queued, for up to ``label_window_s``: the update that follows its first
+        impression still names the feedback.
+        """
+        jobs: list[_Rescore] = []
+        interval, patience = self.settings.score_min_interval_s, self.settings.label_window_s
+        for user in list(self.pending):
+            if now - self.last_refresh.get(user, 0.0) < interval:
+                continue
+            state = self.users.get(user)
+            if state is None or not state.candidates:
+                since = self.waiting_since.setdefault(user, now)
+                if now - since >= patience:
+                    del self.pending[user], self.waiting_since[user]
+                    metrics.REFRESHES_WITHOUT_CANDIDATES.inc()
+                continue
+            self.waiting_since.pop(user, None)
+            active = active_suppressions(state)
+            if self.lane is not None:
+                active = self.lane.merge(user, active, state.clock)
+            jobs.append(_Rescore(user, state, self.pending.pop(user), active))
+            self.last_refresh[user] = now
+        return jobs
+
+    async def refresh(self) -> None:
+        """Rescore the queued users that have not been refreshed too recently."""
+        if not self.pending:
+            return
+        jobs = self._due_jobs(time.monotonic())
+        if not jobs:
+            return
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(self.trainer.executor, self._rescore, jobs)
+        metrics.SCORE_REFRESH_SECONDS.observe(time.perf_counter() - started)
+        await deliver_records(self.outputs, records)
+        sent = time.time()
+        metrics.LAST_SCORE_TIMESTAMP.set(sent)
+        metrics.SCORE_UPDATES.labels("model").inc(len(records))
+        for job in jobs:
+            for _, produced_ms in job.triggers:
+                if produced_ms:
+                    metrics.FEEDBACK_TO_SCORE.labels("model").observe(
+                        max(0.0, sent - produced_ms / 1000)
+                    )
+
+    def _rescore(self, jobs: list[_Rescore]) -> list[OutputRecord]:
+        """Score each job's candidates; return each user's encoded ``ScoreUpdate`` record."""
+        ids: dict[str, list[str | None]] = {
+            "user_id": [], "item_id": [], "creator_id": [], "category": []
+        }  # fmt: skip
+        dense: list[tuple[float, ...]] = []
+        for job in jobs:
+            candidates = job.state.candidates
+            dense += feature_rows(job.state, self.config, candidates)
+            ids["user_id"] += [job.user] * len(candidates)
+            ids["item_id"] += [c.item_id for c in candidates]
+            ids["creator_id"] += [c.creator_id for c in candidates]
+            ids["category"] += [c.category for c in candidates]
+        # The model is configured with FEATURE_NAMES (see Trainer), the rows' order.
+        model = self.trainer.model
+        batch = CandidateBatch.from_columns(ids, dense, model.config)
+        p_negative, version = model.p_negative(batch).tolist(), model.version
+        records: list[OutputRecord] = []
+        start = 0
+        for job in jobs:
+            candidates = job.state.candidates
+            penalties = _penalties(job.suppressions)
+            scores = []
+            for candidate, p in zip(
+                candidates, p_negative[start : start + len(candidates)], strict=True
+            ):
+                penalty = max(
+                    penalties.get(("item", candidate.item_id), 0.0),
+                    penalties.get(("creator", candidate.creator_id), 0.0),
+                    penalties.get(("category", candidate.category), 0.0),
+                )
+                score = round((1.0 - p) * (1.0 - penalty), 6)
+                scores.append(ItemScore(candidate.item_id, round(p, 6), score))
+            start += len(candidates)
+            update = ScoreUpdate(
+                user_id=job.user,
+                source="model",
+                model_version=version,
+                timestamp=job.state.clock,
+                trigger_event_ids=trigger_ids(job.triggers),
+                scores=tuple(sorted(scores, key=lambda s: -s.score)),
+                suppressions=job.suppressions,
+            )
+            records.append(self.encoder.score_update(update, job.state.partition))
+        return records
+
+
+def _penalties(suppressions: tuple[Suppression, ...]) -> dict[tuple[str, str | None], float]:
+    """The strongest penalty on each suppressed (target type, target id)."""
+    strongest: dict[tuple[str, str | None], float] = {}
+    for suppression in suppressions:
+        target = (suppression.target_type, suppression.target_id)
+        strongest[target] = max(strongest.get(target, 0.0), suppression.penalty)
+    return strongest

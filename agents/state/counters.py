@@ -1,0 +1,71 @@
+"""Names of the per-user window counters: built and parsed here, nowhere else.
+
+A window bucket maps counter names to counts. Totals have a fixed name; per-id counters
+are a family prefix and the id, e.g. ``item_exposure("i9")`` is ``"i:i9"``. The names are
+the changelog's wire format, so they never change meaning.
+
+Examples
+--------
+>>> creator_negatives("c1"), parse(creator_negatives("c1"))
+('nc:c1', ('negatives_by_creator', 'c1'))
+>>> parse(IMPRESSIONS)
+('impressions', None)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+IMPRESSIONS: Final = "imp"
+NEGATIVES: Final = "neg"
+POSITIVES: Final = "pos"
+EXPLICIT_NEGATIVES: Final = "exp"
+
+#: Fixed-name totals and their published names.
+TOTALS: Final = {
+    IMPRESSIONS: "impressions",
+    NEGATIVES: "negatives",
+    POSITIVES: "positives",
+    EXPLICIT_NEGATIVES: "explicit_negatives",
+}
+#: Per-id families: prefix and published name.
+FAMILIES: Final = {
+    "k": "by_kind",
+    "nc": "negatives_by_creator",
+    "ng": "negatives_by_category",
+    "i": "exposure_by_item",
+    "c": "exposure_by_creator",
+}
+
+
+def by_kind(kind: str) -> str:
+    """Counter of one feedback kind."""
+    return "k:" + kind
+
+
+def creator_negatives(creator_id: str) -> str:
+    """Counter of negatives on one creator's items."""
+    return "nc:" + creator_id
+
+
+def category_negatives(category: str) -> str:
+    """Counter of negatives in one category."""
+    return "ng:" + category
+
+
+def item_exposure(item_id: str) -> str:
+    """Counter of impressions of one item."""
+    return "i:" + item_id
+
+
+def creator_exposure(creator_id: str) -> str:
+    """Counter of impressions of one creator's items."""
+    return "c:" + creator_id
+
+
+def parse(name: str) -> tuple[str, str | None]:
+    """``(published family or total name, id or None)`` of a counter name."""
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        return FAMILIES[prefix], rest
+    return TOTALS[name], None

@@ -1,0 +1,176 @@
+"""Builds every service from the settings, each given its collaborators, and registers the
+readers, timers, rebalance hooks and pages on the app."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import faust
+
+from agents.delivery import OrderedDelivery
+from agents.drift import DriftReporter
+from agents.encoder import OutputEncoder
+from agents.fast_lane import FastLane
+from agents.pipeline import InputPipeline
+from agents.rescorer import Rescorer
+from agents.state.config import StateConfig
+from agents.state.features import table_view
+from agents.state.state import UserState
+from agents.trainer import Trainer
+from agents.watermarks import Watermarks
+from streams.app import recovery_done, recovery_ended_at
+from streams.bulk import BulkSource
+from streams.output import OutputProducer
+from streams.privacy import Pseudonymizer
+from streams.settings import Settings
+from streams.tables import declare_users_table
+from streams.topics import declare_topics
+from streams.users import UsersStore
+
+log = logging.getLogger(__name__)
+
+#: Longest wait at shutdown for computed input batches to be delivered.
+SHUTDOWN_FLUSH_S = 10.0
+
+
+def state_config(settings: Settings) -> StateConfig:
+    """The per-user logic's settings, taken from the worker's."""
+    names = {spec.name for spec in dataclasses.fields(StateConfig) if spec.init}
+    return StateConfig(**{name: getattr(settings, name) for name in names})
+
+
+def users_store(table: Any) -> UsersStore[UserState]:
+    """The users table as a store of :class:`UserState`."""
+    return UsersStore(table, UserState.from_wire, UserState.to_wire, UserState)
+
+
+def register(app: faust.App, settings: Settings) -> InputPipeline:
+    """Declare topics and tables on ``app`` and register every reader, timer and page."""
+    topics = declare_topics(app, settings)
+    users = users_store(declare_users_table(app, settings))
+    config = state_config(settings)
+    encoder = OutputEncoder(settings, Pseudonymizer(settings.pseudonymize_key))
+    outputs = OutputProducer(settings)
+    watermarks = Watermarks(
+        settings.topic("impressions"),
+        settings.topic("feedback"),
+        settings.watermark_delay_s,
+        settings.idle_flush_s,
+    )
+    lane = FastLane(settings, config, users, watermarks, encoder)
+    trainer = Trainer(settings)
+    rescorer = Rescorer(settings, config, users, trainer, encoder, outputs, lane)
+    drift = DriftReporter(settings, config, users, outputs)
+    delivery = OrderedDelivery(outputs, OutputProducer(settings, "changelog"), users)
+    pipeline = InputPipeline(
+        settings, config, users, watermarks, encoder, delivery, lane, rescorer.request_refresh
+    )
+
+    # The two hot topics are read in bulk (see streams.bulk), not by Faust agents: Faust
+    # still subscribes to them, assigns them and commits their acked offsets.
+    inputs = BulkSource(app, topics.inputs.topics, max(4096, 4 * settings.batch_size))
+    examples = BulkSource(app, topics.examples.topics, max(4096, 4 * settings.train_batch_size))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def input_reader() -> None:
+        # Events are acked once the batch's records are delivered (see agents.delivery).
+        await _until_failure(app, "input", pipeline_batches(inputs, pipeline, settings))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def training() -> None:
+        loop = train_batches(examples, trainer, rescorer, drift, settings)
+        await _until_failure(app, "trainer", loop)
+
+    @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
+    async def score_refresh() -> None:
+        await rescorer.refresh()
+
+    @app.timer(settings.drift_interval_s, name="negstream.drift")  # type: ignore[untyped-decorator]
+    async def drift_report() -> None:
+        await drift.report(trainer.prequential.get(), trainer.model.version)
+
+    @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
+    async def idle_flush() -> None:
+        if not recovery_done(app):
+            return
+        pipeline.on_recovery(recovery_ended_at(app))
+        watermarks.check_inputs(app.consumer)
+        await pipeline.on_idle_tick()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        pipeline.on_assigned()
+        assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
+        lane.assign(tp.partition for tp in assigned if tp.topic == pipeline.feedback_topic)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(*args: Any, **kwargs: Any) -> None:
+        revoked = args[1] if len(args) > 1 else kwargs.get("revoked", ())
+        inputs = {pipeline.impressions_topic, pipeline.feedback_topic}
+        partitions = {tp.partition for tp in revoked if tp.topic in inputs}
+        pipeline.forget_partitions(partitions)
+        lane.forget_partitions(partitions)
+
+    @app.on_before_shutdown.connect
+    async def close_outputs(*args: Any, **kwargs: Any) -> None:
+        lane.stop()
+        try:
+            await asyncio.wait_for(pipeline.flush(), SHUTDOWN_FLUSH_S)
+        except TimeoutError:
+            log.warning("stopping with input batches undelivered; their events will be read again")
+        await delivery.stop()
+
+    @app.page("/users/{user_id}/")
+    async def user_view(web: Any, request: Any, user_id: str) -> Any:
+        if not recovery_done(app):
+            return web.json({"error": "tables are recovering; retry shortly"}, status=503)
+        state = users.get(user_id)
+        if state is None:
+            return web.json({"error": f"no state for user {user_id!r} on this worker"}, status=404)
+        return web.json(table_view(state, config))
+
+    return pipeline
+
+
+async def pipeline_batches(
+    source: BulkSource,
+    pipeline: InputPipeline,
+    settings: Settings,
+) -> None:
+    """Feed the input pipeline one micro-batch at a time, for ever."""
+    while True:
+        messages = await source.take(settings.batch_size, settings.batch_within_s)
+        await pipeline.process(messages, source.ack)
+
+
+async def train_batches(
+    source: BulkSource,
+    trainer: Trainer,
+    rescorer: Rescorer,
+    drift: DriftReporter,
+    settings: Settings,
+) -> None:
+    """Test-then-train one micro-batch of examples at a time; checkpoint when stopped."""
+    try:
+        while True:
+            messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
+            examples, predictions = await trainer.train(messages)
+            drift.observe(examples, predictions)
+            rescorer.learned(examples)
+            source.ack(messages)
+    finally:
+        trainer.close()
+
+
+async def _until_failure(app: faust.App, name: str, loop: Awaitable[None]) -> None:
+    # A failure here is a bug or a lost output, never bad input (that is dead-lettered): the
+    # worker stops, and a restart resumes from the committed offsets and the changelog.
+    try:
+        await loop
+    except Exception as error:
+        log.exception("the %s reader failed; the worker stops", name)
+        await app.crash(error)
