@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
 import faust
@@ -32,6 +37,13 @@ GC_GEN2_THRESHOLD = 1_000_000_000
 #: GIL switch interval: a thread that wakes with work (the fast lane, the Kafka consumer
 #: thread) waits at most this long for a busy event loop to hand over (Python's default: 5 ms).
 SWITCH_INTERVAL_S = 0.001
+#: Longest a stop may take after the first SIGTERM/SIGINT before the process exits anyway
+#: (a healthy worker stops in about 2 s; deployments allow 10 s).
+STOP_GRACE_S = 7.0
+#: Log lines before Faust sets up its logging: the same shape as Faust's.
+LOG_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"
+LOG_LEVELS = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
+              "info": logging.INFO, "debug": logging.DEBUG}  # fmt: skip
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -105,16 +117,146 @@ def cache_labels(metric: Any) -> None:
     metric.labels = labels
 
 
-def run_worker(settings: Settings) -> None:
-    """Create the topics, then run one worker in the foreground until SIGINT/SIGTERM."""
-    ensure_topics(settings)
-    app = create_app(settings)
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT arrived before the Faust worker took over the signals.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: client code that catches ``Exception``
+    while it retries must not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`StopRequested` inside the block."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise StopRequested(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class ShutdownWatchdog:
+    """Ends the process when a requested stop outlasts ``grace_s``.
+
+    With the broker gone, Faust's stop can wait for ever: the output flush waits on
+    deliveries that never come, and aiokafka's ``Fetcher.close`` re-raises the
+    ``CancelledError`` of a fetch that was sleeping between retries, so the consumer
+    thread never reports itself stopped. A hard exit loses nothing: offsets are committed
+    only after delivery, so input that was not acknowledged is read again at restart.
+    """
+
+    def __init__(self, root: Any, grace_s: float) -> None:
+        self.root = root
+        self.grace_s = grace_s
+        self._timer: threading.Timer | None = None
+
+    def arm(self, signum: int) -> None:
+        """Start the countdown (once; later signals do not extend it)."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace_s, self._expire, args=(signum,))
+            self._timer.daemon = True
+            self._timer.name = "negstream-shutdown-watchdog"
+            self._timer.start()
+
+    def _expire(self, signum: int) -> None:
+        try:
+            log.error(
+                "negstream worker: still stopping %gs after %s; exiting now (%s). "
+                "Input not yet acknowledged is read again at restart",
+                self.grace_s, signal.Signals(signum).name, self.abandoned(),
+            )  # fmt: skip
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:  # whatever the report met (a service tree changing under it), exit
+            os._exit(128 + signum)
+
+    def abandoned(self) -> str:
+        """What the stop is waiting on: the innermost services still stopping, how many
+        were not reached yet, and the threads that would hold the interpreter open."""
+        stuck: list[str] = []
+        waiting = 0
+        pending = [self.root]
+        seen: set[int] = set()
+        while pending:
+            service = pending.pop()
+            if id(service) in seen:
+                continue
+            seen.add(id(service))
+            children = list(getattr(service, "_children", ()))
+            pending.extend(children)
+            state = getattr(service, "state", "shutdown")
+            if state == "running":
+                waiting += 1
+            elif state == "stopping" and not any(c.state == "stopping" for c in children):
+                stuck.append(service.shortlabel)
+        threads = [
+            t.name
+            for t in threading.enumerate()
+            if not t.daemon and t is not threading.main_thread()
+        ]
+        return "; ".join([
+            f"stuck stopping: {', '.join(stuck) or 'nothing'}",
+            f"{waiting} more services not stopped yet",
+            f"threads: {', '.join(threads) or 'none'}",
+        ])  # fmt: skip
+
+
+class BoundedStopWorker(faust.Worker):
+    """Faust's worker, with a :class:`ShutdownWatchdog` armed by the first SIGTERM/SIGINT."""
+
+    def __init__(self, *services: Any, stop_grace_s: float, **options: Any) -> None:
+        super().__init__(*services, **options)
+        self.watchdog = ShutdownWatchdog(self, stop_grace_s)
+
+    def _on_sigterm(self) -> None:
+        self.watchdog.arm(signal.SIGTERM)
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.watchdog.arm(signal.SIGINT)
+        super()._on_sigint()
+
+
+def run_worker(settings: Settings) -> int:
+    """Create the topics, then run one worker in the foreground until SIGINT/SIGTERM.
+
+    An unreachable broker is waited for (one warning per attempt, see
+    :func:`streams.admin.admin_client`); a stop during that wait returns 0. Once the worker
+    runs it exits the process itself, within ``STOP_GRACE_S`` of the first signal.
+    """
+    # Faust replaces this with its own logging when the worker starts.
+    level = LOG_LEVELS.get(settings.log_level.lower(), logging.INFO)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    try:
+        with stop_on_signals():
+            ensure_topics(settings, timeout=None)
+            app = create_app(settings)
+    except StopRequested as stop:
+        log.warning("negstream worker: stopped by %s before it started", stop)
+        return 0
     print(
         f"negstream worker: broker {settings.broker_url}, "
         f"metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics",
         flush=True,
     )
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = BoundedStopWorker(
+        app,
+        stop_grace_s=STOP_GRACE_S,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
     # Faust's terminal spinner lowers the root logger to DEBUG so that every log call can
     # spin it: each debug line of Faust and aiokafka would then build a record on the hot
     # path. The worker's output is a log, not a terminal animation.

@@ -13,6 +13,8 @@ NO_REACTION: Final = "none"
 
 #: Kinds that publish a suppression at once on the fast path.
 STRONG_NEGATIVE: Final = frozenset({"not_interested", "hide", "report", "block_creator", "dislike"})
+#: The kind that blocks the item's creator.
+BLOCK_CREATOR: Final = "block_creator"
 #: Strong negatives aimed at the creator: they suppress the creator as a whole at once.
 CREATOR_TARGETED: Final = frozenset({"report", "block_creator"})
 

@@ -12,24 +12,29 @@ from typing import Any
 
 import numpy as np
 
-from simulator.world import (
-    DWELL_KINDS,
+from schemas.kinds import BLOCK_CREATOR, EXPLICIT_NEGATIVE
+from simulator.heavy import heavy_blocks, heavy_world
+from simulator.requests import (
     EXPLICIT_GROUP,
-    EXPLICIT_NEGATIVE,
     GROUP_KINDS,
     NO_REACTION,
     RequestBlock,
+    draw_requests,
+    dwell_seconds,
+    reaction_groups,
+)
+from simulator.shape import HeavyShape
+from simulator.world import (
+    DWELL_KINDS,
     SimulatorConfig,
     World,
     category_name,
     creator_name,
-    draw_requests,
-    dwell_seconds,
     feedback_probabilities,
     item_name,
-    reaction_groups,
     user_name,
 )
+from simulator.worlds import WORLD_NAMES, world_config
 
 try:
     import orjson
@@ -40,12 +45,15 @@ __all__ = [
     "IMPRESSIONS_TOPIC",
     "MALFORMED_REASONS",
     "NEGATIVE_FEEDBACK_TOPIC",
+    "WORLD_NAMES",
+    "HeavyShape",
     "SimEvent",
     "Simulator",
     "SimulatorConfig",
     "World",
     "dumps_json",
     "to_jsonl_lines",
+    "world_config",
 ]
 
 IMPRESSIONS_TOPIC = "impressions"
@@ -153,7 +161,8 @@ class Simulator:
     Parameters
     ----------
     config : SimulatorConfig, optional
-        World size, base rates and fault knobs; the defaults inject no faults.
+        World size, base rates and fault knobs; the defaults inject no faults and make the
+        uniform world. ``world_config("heavy")`` gives the heavy-tailed one.
 
     Examples
     --------
@@ -166,7 +175,11 @@ class Simulator:
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self.config = config if config is not None else SimulatorConfig()
         world_seed, *run_seeds = np.random.SeedSequence(self.config.seed).spawn(4)
-        self.world = World.generate(self.config, np.random.default_rng(world_seed))
+        world_rng = np.random.default_rng(world_seed)
+        if self.config.heavy is None:
+            self.world = World.generate(self.config, world_rng)
+        else:
+            self.world = heavy_world(self.config, world_rng)
         self._run_seeds = run_seeds
         self._truth: list[_TruthRows] = []
 
@@ -174,7 +187,9 @@ class Simulator:
         """Yield the events of ``n_impressions`` impressions in emission order.
 
         Every call starts over from the seed, so two calls give identical streams. Emission
-        times never decrease; event times (``timestamp``) may lag them for late events.
+        times never decrease; event times (``timestamp``) may lag them for late events and,
+        in the heavy world, by each topic's lag. The heavy world spreads ``n_impressions``
+        over its whole span, so a shorter run is not a prefix of a longer one.
         """
         if n_impressions < 0:
             raise ValueError("n_impressions must not be negative")
@@ -252,11 +267,11 @@ class _Run:
 
     def iterate(self, n_impressions: int) -> Iterator[SimEvent]:
         per_request = self.config.impressions_per_request
-        now = self.config.start_time
+        blocks = self._blocks(-(-n_impressions // per_request))
         request = 0
         shown = 0
         while shown < n_impressions:
-            block = draw_requests(self.config, self.world, self.traffic, now, BLOCK_REQUESTS)
+            block = next(blocks)
             for row, request_time in enumerate(block.times):
                 if shown >= n_impressions:
                     break
@@ -270,8 +285,18 @@ class _Run:
                 self.ready.clear()
                 request += 1
                 shown += count
-            now = block.times[-1]
         yield from self._release(math.inf)
+
+    def _blocks(self, n_requests: int) -> Iterator[RequestBlock]:
+        config, world = self.config, self.world
+        if config.heavy is not None:
+            yield from heavy_blocks(config, world, self.traffic, n_requests, BLOCK_REQUESTS)
+            return
+        now = config.start_time
+        while True:
+            block = draw_requests(config, world, self.traffic, now, BLOCK_REQUESTS)
+            yield block
+            now = block.times[-1]
 
     def _release(self, until: float) -> Iterator[SimEvent]:
         queue = self.queue
@@ -352,7 +377,7 @@ class _Run:
             group, item_id = groups[position], item_ids[position]
             creator_id = self.creator_names[creators[position]]
             category = self.category_names[categories[position]]
-            impression_emit = now
+            impression_emit = now + block.impression_lag[row]
             if group != NO_REACTION:
                 kinds = GROUP_KINDS[group]
                 kind = kinds[min(block.kind_index[group][row][position], len(kinds) - 1)]
@@ -371,7 +396,8 @@ class _Run:
                     feedback["dwell_ms"] = round(dwell_s * 1000.0)
                     delay = max(delay, dwell_s)
                 feedback["timestamp"] = now + delay
-                emitted = self._schedule(NEGATIVE_FEEDBACK_TOPIC, user_id, feedback, now + delay)
+                emit = now + delay + block.feedback_lag[row]
+                emitted = self._schedule(NEGATIVE_FEEDBACK_TOPIC, user_id, feedback, emit)
                 # The fault stream decides reordering so the base traffic stays the same.
                 if config.out_of_order_rate > 0.0 and (
                     self.faults.random() < config.out_of_order_rate
@@ -380,7 +406,7 @@ class _Run:
                 if group == EXPLICIT_GROUP:
                     self.blocked.add((user, items[position]))
                     key = (user, creators[position])
-                    weight = 3 if kind == "block_creator" else 1
+                    weight = 3 if kind == BLOCK_CREATOR else 1
                     self.creator_negatives[key] = self.creator_negatives.get(key, 0) + weight
             impression = {
                 "event_id": impression_ids[position],

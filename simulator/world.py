@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-# Mirrors ``schemas.kinds``; copied so the simulator depends on nothing but numpy (a unit
-# test keeps the two in step).
-EXPLICIT_NEGATIVE: tuple[str, ...] = (
-    "dislike",
-    "hide",
-    "not_interested",
-    "report",
-    "block_creator",
-)
-IMPLICIT_NEGATIVE: tuple[str, ...] = ("skip", "short_dwell", "click_no_convert")
-POSITIVE: tuple[str, ...] = ("click", "like", "long_dwell", "convert")
-NEGATIVE_KINDS: frozenset[str] = frozenset(EXPLICIT_NEGATIVE + IMPLICIT_NEGATIVE)
+from simulator.shape import HeavyShape
+
 DWELL_KINDS: frozenset[str] = frozenset({"short_dwell", "long_dwell"})
 
 #: Fixed share of each kind within its group, in the order of the group's tuple.
@@ -85,6 +76,11 @@ class SimulatorConfig:
     keep_ground_truth : bool
         Record each impression's true probabilities; turn off for long runs (a demo) so
         memory stays flat.
+    heavy : HeavyShape or None
+        ``None`` is the uniform world (one Poisson stream of requests from alike users,
+        both topics written at event time). A shape makes it the heavy-tailed world of
+        ``simulator.heavy``, where ``mean_request_gap_s`` plays no part and ``flood_users``
+        must be 0 (a bot's rate over months of event time would swamp the run).
     """
 
     n_users: int = 1000
@@ -115,6 +111,7 @@ class SimulatorConfig:
     flood_users: int = 0
     flood_rate: float = 50.0
     keep_ground_truth: bool = True
+    heavy: HeavyShape | None = None
 
     def __post_init__(self) -> None:
         counts = ("n_users", "n_items", "n_creators", "n_categories", "latent_dim")
@@ -143,6 +140,8 @@ class SimulatorConfig:
         names = {category_name(index) for index in range(self.n_categories)}
         if self.drift_category is not None and self.drift_category not in names:
             raise ValueError(f"drift_category {self.drift_category!r} is not a category")
+        if self.heavy is not None and self.flood_users:
+            raise ValueError("the heavy world takes no flood_users")
 
 
 def user_name(index: int) -> str:
@@ -165,12 +164,14 @@ def category_name(index: int) -> str:
     return f"cat{index:02d}"
 
 
-def _zipf_weights(n: int, exponent: float, offset: float) -> NDArray[np.float64]:
+def zipf_weights(n: int, exponent: float, offset: float) -> NDArray[np.float64]:
+    """Return the weights ``(rank + offset) ** -exponent`` of ranks ``0 .. n - 1``."""
     weights: NDArray[np.float64] = 1.0 / (np.arange(n, dtype=np.float64) + offset) ** exponent
     return weights
 
 
-def _cdf(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+def weights_cdf(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return the normalised cumulative sum of ``weights``, for ``np.searchsorted`` draws."""
     cdf: NDArray[np.float64] = np.cumsum(weights)
     normalised: NDArray[np.float64] = cdf / cdf[-1]
     return normalised
@@ -204,40 +205,73 @@ class World:
     item_category: NDArray[np.int64]
     item_cdf: NDArray[np.float64]
     creator_quality: NDArray[np.float64]
+    #: Users that binge (the heavy world's busiest), busiest first; none in the uniform world.
+    power_users: tuple[int, ...] = ()
 
     @classmethod
     def generate(cls, config: SimulatorConfig, rng: np.random.Generator) -> World:
         """Draw a world of the configured size from ``rng``."""
-        dim = config.latent_dim
-        # Scales chosen so that u . v has unit variance whatever latent_dim is.
-        taste_scale = dim**-0.25
-        user_taste = rng.normal(0.0, taste_scale, (config.n_users, dim))
-        user_negativity = rng.normal(0.0, 0.5, config.n_users)
-        creator_offset = rng.normal(0.0, math.sqrt(0.2) * taste_scale, (config.n_creators, dim))
-        category_offset = rng.normal(0.0, math.sqrt(0.2) * taste_scale, (config.n_categories, dim))
-        creator_quality = rng.normal(0.0, 0.3, config.n_creators)
-        creator_cdf = _cdf(_zipf_weights(config.n_creators, 0.7, 5.0))
-        item_creator = np.searchsorted(creator_cdf, rng.random(config.n_items)).astype(np.int64)
-        item_category = rng.integers(0, config.n_categories, config.n_items, dtype=np.int64)
-        own = rng.normal(0.0, math.sqrt(0.6) * taste_scale, (config.n_items, dim))
-        item_vector = own + creator_offset[item_creator] + category_offset[item_category]
-        item_weights = _zipf_weights(config.n_items, 0.8, 20.0)[rng.permutation(config.n_items)]
+        user_taste, user_negativity = draw_users(config, rng)
+        items = draw_items(config, rng, 0.8, 20.0)
         return cls(
             user_taste=user_taste,
             user_negativity=user_negativity,
-            user_cdf=_cdf(rng.lognormal(0.0, 0.5, config.n_users)),
+            user_cdf=weights_cdf(rng.lognormal(0.0, 0.5, config.n_users)),
             hated_creator=_hated_mask(
                 rng, config.n_users, config.n_creators, config.hated_creators_per_user
             ),
             hated_category=_hated_mask(
                 rng, config.n_users, config.n_categories, config.hated_categories_per_user
             ),
-            item_vector=item_vector,
-            item_creator=item_creator,
-            item_category=item_category,
-            item_cdf=_cdf(item_weights),
-            creator_quality=creator_quality,
+            item_vector=items.vector,
+            item_creator=items.creator,
+            item_category=items.category,
+            item_cdf=items.cdf,
+            creator_quality=items.creator_quality,
         )
+
+
+class ItemSpace(NamedTuple):
+    """Items (latent vector, creator, category, popularity CDF) and each creator's quality."""
+
+    vector: NDArray[np.float64]
+    creator: NDArray[np.int64]
+    category: NDArray[np.int64]
+    cdf: NDArray[np.float64]
+    creator_quality: NDArray[np.float64]
+
+
+def _taste_scale(config: SimulatorConfig) -> float:
+    # Scales chosen so that u . v has unit variance whatever latent_dim is.
+    scale: float = config.latent_dim**-0.25
+    return scale
+
+
+def draw_users(
+    config: SimulatorConfig, rng: np.random.Generator
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Draw each user's taste vector and negative propensity (a logit offset)."""
+    user_taste = rng.normal(0.0, _taste_scale(config), (config.n_users, config.latent_dim))
+    return user_taste, rng.normal(0.0, 0.5, config.n_users)
+
+
+def draw_items(
+    config: SimulatorConfig, rng: np.random.Generator, exponent: float, offset: float
+) -> ItemSpace:
+    """Draw items and creators; item popularity is Zipf-like with this exponent and offset."""
+    dim, taste_scale = config.latent_dim, _taste_scale(config)
+    creator_offset = rng.normal(0.0, math.sqrt(0.2) * taste_scale, (config.n_creators, dim))
+    category_offset = rng.normal(0.0, math.sqrt(0.2) * taste_scale, (config.n_categories, dim))
+    creator_quality = rng.normal(0.0, 0.3, config.n_creators)
+    creator_cdf = weights_cdf(zipf_weights(config.n_creators, 0.7, 5.0))
+    item_creator = np.searchsorted(creator_cdf, rng.random(config.n_items)).astype(np.int64)
+    item_category = rng.integers(0, config.n_categories, config.n_items, dtype=np.int64)
+    own = rng.normal(0.0, math.sqrt(0.6) * taste_scale, (config.n_items, dim))
+    item_vector = own + creator_offset[item_creator] + category_offset[item_category]
+    item_weights = zipf_weights(config.n_items, exponent, offset)[rng.permutation(config.n_items)]
+    return ItemSpace(
+        item_vector, item_creator, item_category, weights_cdf(item_weights), creator_quality
+    )
 
 
 def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -305,122 +339,3 @@ def feedback_probabilities(
     engage = _sigmoid(config.engagement_bias + 1.2 * affinity - 0.5 * negativity)
     p_engagement = np.where(blocked, 0.0, (1.0 - p_explicit - p_implicit) * engage)
     return p_explicit, p_implicit, p_engagement
-
-
-#: Kinds of the three reaction groups, indexed by group.
-GROUP_KINDS: tuple[tuple[str, ...], ...] = (EXPLICIT_NEGATIVE, IMPLICIT_NEGATIVE, POSITIVE)
-_GROUP_CDFS = tuple(
-    np.cumsum(shares) / sum(shares)
-    for shares in (EXPLICIT_SHARES, IMPLICIT_SHARES, POSITIVE_SHARES)
-)
-#: Reaction group of an explicit negative; ``NO_REACTION`` follows the three feedback groups.
-EXPLICIT_GROUP, NO_REACTION = 0, 3
-
-
-@dataclass(frozen=True, slots=True)
-class RequestBlock:
-    """Pre-drawn requests: per-row lists for the emit loop, arrays to recompute a row."""
-
-    times: list[float]
-    users: list[int]
-    items: list[list[int]]
-    creators: list[list[int]]
-    categories: list[list[int]]
-    affinity: NDArray[np.float64]
-    negativity: NDArray[np.float64]
-    hated: NDArray[np.bool_]
-    multiplier: NDArray[np.float64]
-    outcome: NDArray[np.float64]
-    probabilities: list[list[list[float]]]
-    groups: list[list[int]]
-    kind_index: list[list[list[int]]]
-    kind_draw: list[list[float]]
-    delays: list[list[float]]
-    dwell_draw: list[list[float]]
-
-
-def draw_requests(
-    config: SimulatorConfig, world: World, rng: np.random.Generator, now: float, rows: int
-) -> RequestBlock:
-    """Draw the next ``rows`` requests after ``now``, with users that remember nothing yet.
-
-    Probabilities and reaction groups assume no earlier negatives; the simulator recomputes
-    a row from the kept arrays and the same ``outcome`` draws when the user remembers some.
-    """
-    k = config.impressions_per_request
-    times = now + np.cumsum(rng.exponential(config.mean_request_gap_s, rows))
-    users = np.searchsorted(world.user_cdf, rng.random(rows))
-    chosen = []
-    for row in np.searchsorted(world.item_cdf, rng.random((rows, 2 * k))).tolist():
-        unique = list(dict.fromkeys(row))
-        while len(unique) < k:
-            extra = np.searchsorted(world.item_cdf, rng.random(k)).tolist()
-            unique = list(dict.fromkeys(unique + extra))
-        chosen.append(unique[:k])
-    items = np.array(chosen, dtype=np.int64)
-    creators = world.item_creator[items]
-    categories = world.item_category[items]
-    multiplier = np.ones((rows, k))
-    if config.drift_at is not None and config.drift_category is not None:
-        drifting = categories == int(config.drift_category.removeprefix("cat"))
-        drifting &= times[:, None] >= config.start_time + config.drift_at
-        multiplier[drifting] = config.drift_factor
-    taste = np.einsum("rkd,rd->rk", world.item_vector[items], world.user_taste[users])
-    affinity = taste + world.creator_quality[creators]
-    hated = world.hated_creator[users[:, None], creators]
-    hated |= world.hated_category[users[:, None], categories]
-    negativity = world.user_negativity[users][:, None]
-    outcome = rng.random((rows, k))
-    kind_draw = rng.random((rows, k))
-    delays = rng.exponential(config.feedback_delay_mean_s, (rows, k))
-    slow = rng.random((rows, k)) < config.slow_feedback_fraction
-    slow_delays = rng.uniform(10.0, config.max_feedback_delay_s, (rows, k))
-    delays = np.minimum(np.where(slow, slow_delays, delays), config.max_feedback_delay_s)
-    zeros = np.zeros((rows, k))
-    probabilities = feedback_probabilities(
-        config, affinity, negativity, hated, zeros, zeros.astype(np.bool_), multiplier
-    )
-    kind_index = [np.searchsorted(cdf, kind_draw, side="right").tolist() for cdf in _GROUP_CDFS]
-    return RequestBlock(
-        times=times.tolist(),
-        users=users.tolist(),
-        items=chosen,
-        creators=creators.tolist(),
-        categories=categories.tolist(),
-        affinity=affinity,
-        negativity=negativity,
-        hated=hated,
-        multiplier=multiplier,
-        outcome=outcome,
-        probabilities=np.stack(probabilities, axis=1).tolist(),
-        groups=reaction_groups(probabilities, outcome).tolist(),
-        kind_index=kind_index,
-        kind_draw=kind_draw.tolist(),
-        delays=delays.tolist(),
-        dwell_draw=rng.random((rows, k)).tolist(),
-    )
-
-
-def reaction_groups(
-    probabilities: tuple[NDArray[np.float64], ...], outcome: NDArray[np.float64]
-) -> NDArray[np.int64]:
-    """Return each impression's reaction group from its uniform ``outcome`` draw.
-
-    Groups are 0 explicit negative, 1 implicit negative, 2 engagement, 3 no reaction.
-
-    Examples
-    --------
-    >>> p = (np.array([0.1, 0.1]), np.array([0.2, 0.2]), np.array([0.3, 0.3]))
-    >>> reaction_groups(p, np.array([0.05, 0.95])).tolist()
-    [0, 3]
-    """
-    bounds = np.cumsum(np.stack(probabilities), axis=0)
-    groups: NDArray[np.int64] = (outcome >= bounds).sum(axis=0)
-    return groups
-
-
-def dwell_seconds(kind: str, draw: float, config: SimulatorConfig) -> float:
-    """Return the dwell time of a dwell kind: under 3 s when short, 15 s and more when long."""
-    if kind == "short_dwell":
-        return 0.3 + 2.7 * draw
-    return 15.0 + (min(config.max_feedback_delay_s, 85.0) - 15.0) * draw

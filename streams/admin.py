@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
+import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -23,19 +28,99 @@ class TopicLayoutError(RuntimeError):
     """Existing topics cannot work with these settings (e.g. inputs not co-partitioned)."""
 
 
-def admin_client(settings: Settings, timeout: float = 30.0) -> KafkaAdminClient:
-    """An admin client, retried until the cluster answers or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
+class BrokerUnreachable(ConnectionError):
+    """No bootstrap server answered; the message says which were tried and why they failed."""
+
+
+#: Longest wait for a TCP connection to one bootstrap server.
+CONNECT_TIMEOUT_S = 3.0
+#: Longest wait for the Kafka handshake and metadata once a server accepts connections.
+BOOTSTRAP_TIMEOUT_S = 5.0
+#: First wait between attempts; it doubles after every failure up to ``RETRY_MAX_S``.
+RETRY_FIRST_S = 1.0
+#: Longest wait between attempts: also the slowest pace of the "unreachable" log lines.
+RETRY_MAX_S = 15.0
+
+
+def admin_client(settings: Settings, timeout: float | None = 30.0) -> KafkaAdminClient:
+    """An admin client, retried until the cluster answers or ``timeout`` passes (``None``:
+    for ever).
+
+    Each failed attempt logs one warning that names the servers tried, why each failed and
+    when the next attempt comes; waits double from ``RETRY_FIRST_S`` to ``RETRY_MAX_S``,
+    with jitter so that many workers do not knock in step. Raises
+    :class:`BrokerUnreachable` once ``timeout`` has passed.
+    """
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    delay = RETRY_FIRST_S
+    attempt = 0
     while True:
+        attempt += 1
         try:
-            return KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers,
-                client_id=f"{settings.app_id}-admin",
-                **client_security(settings),
-            )
-        except KafkaError:
-            if time.monotonic() > deadline:
+            admin = connect_admin(settings)
+        except BrokerUnreachable as error:
+            wait = delay * random.uniform(0.8, 1.0)
+            if deadline is not None and time.monotonic() + wait > deadline:
                 raise
+            log.warning(
+                "broker %s unreachable (attempt %d): %s; retrying in %.0fs",
+                settings.broker_url, attempt, error, wait,
+            )  # fmt: skip
+            time.sleep(wait)
+            delay = min(2 * delay, RETRY_MAX_S)
+            continue
+        if attempt > 1:
+            log.info(
+                "broker %s answered after %d attempts (%.0fs)",
+                settings.broker_url, attempt, time.monotonic() - started,
+            )  # fmt: skip
+        return admin
+
+
+def connect_admin(settings: Settings) -> KafkaAdminClient:
+    """One attempt at an admin client; :class:`BrokerUnreachable` says why it failed.
+
+    A TCP connection to each bootstrap server comes first: it names the reason (refused,
+    unknown host, timed out) that kafka-python's own error leaves out.
+    """
+    servers = settings.bootstrap_servers
+    with ThreadPoolExecutor(len(servers)) as pool:
+        failures = list(pool.map(tcp_failure, servers))
+    if all(failures):
+        raise BrokerUnreachable(
+            "; ".join(f"{server}: {why}" for server, why in zip(servers, failures, strict=True))
+        )
+    options: dict[str, Any] = {}
+    if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG:  # kafka-python >= 3
+        options["bootstrap_timeout_ms"] = int(BOOTSTRAP_TIMEOUT_S * 1000)
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    # kafka-python logs every failed bootstrap step; the one warning above says it all.
+    kafka_log.setLevel(logging.CRITICAL)
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=servers,
+            client_id=f"{settings.app_id}-admin",
+            **client_security(settings),
+            **options,
+        )
+    except (KafkaError, OSError) as error:
+        raise BrokerUnreachable(f"TCP connects, but the Kafka handshake failed: {error}") from None
+    finally:
+        kafka_log.setLevel(level)
+
+
+def tcp_failure(server: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why a TCP connection to ``host[:port]`` fails, or ``None`` when it succeeds."""
+    address = urlsplit(f"//{server}")
+    try:
+        with socket.create_connection((address.hostname, address.port or 9092), timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:.0f}s"
+    except OSError as error:
+        return (error.strerror or str(error)).lower()
 
 
 def client_security(settings: Settings) -> dict[str, str]:
@@ -83,11 +168,12 @@ def changelog_topic(settings: Settings, table: str) -> str:
     return f"{settings.app_id}-{settings.topic_prefix}{table}-changelog"
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+def ensure_topics(settings: Settings, timeout: float | None = 30.0) -> list[str]:
     """Create missing topics; check that existing ones have the configured partitions.
 
-    Returns the names created. Raises :class:`TopicLayoutError` when an existing topic has a
-    different partition count: the inputs and changelogs must be co-partitioned by user_id.
+    Waits for the cluster as :func:`admin_client` does. Returns the names created. Raises
+    :class:`TopicLayoutError` when an existing topic has a different partition count: the
+    inputs and changelogs must be co-partitioned by user_id.
     """
     admin = admin_client(settings, timeout)
     try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 PREFIX = "NEGSTREAM_"
 
@@ -23,7 +25,8 @@ class Settings:
     """
 
     broker_url: str = "kafka://127.0.0.1:9092"
-    """NEGSTREAM_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``."""
+    """NEGSTREAM_BROKER_URL: Kafka bootstrap servers, ``kafka://host:port[;host:port]``
+    (``,`` also separates hosts; a host without a port uses 9092)."""
     app_id: str = "negstream"
     """NEGSTREAM_APP_ID: Faust app id; also the consumer group and changelog topic prefix."""
     topic_prefix: str = ""
@@ -173,6 +176,12 @@ class Settings:
             raise SettingsError("NEGSTREAM_WINDOW_LONG_S must be >= NEGSTREAM_WINDOW_SHORT_S")
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
             raise SettingsError("NEGSTREAM_DEVICE must be auto, cpu, cuda or cuda:N")
+        problem = broker_url_problem(self.broker_url)
+        if problem:
+            raise SettingsError(
+                f"{PREFIX}BROKER_URL={self.broker_url!r}: {problem}; "
+                "expected kafka://host:port[;host:port...]"
+            )
 
     def topic(self, name: str) -> str:
         """Full name of a topic setting, e.g. ``topic("scores")``."""
@@ -187,6 +196,41 @@ class Settings:
     def checkpoint_dir(self) -> str:
         """Directory of model checkpoints."""
         return f"{self.data_dir}/checkpoints"
+
+
+def broker_url_problem(url: str) -> str | None:
+    """What is wrong with a Faust broker URL, or ``None`` when it is usable.
+
+    The first server names the ``kafka://`` scheme; the others may repeat it or leave it
+    out (Faust's own rule). Hosts are separated by ``;`` or ``,``; the port is optional.
+
+    Examples
+    --------
+    >>> broker_url_problem("kafka://k1:9092;k2:9092,kafka://k3")
+    >>> broker_url_problem("http://x")
+    'scheme http:// is not kafka://'
+    >>> broker_url_problem("kafka://k1:90x2")
+    "bad port in 'k1:90x2'"
+    """
+    for index, server in enumerate(re.split(r"[;,]", url)):
+        scheme, separator, address = server.partition("://")
+        if not separator:
+            if index == 0:
+                return "no kafka:// scheme"
+            address = server
+        elif scheme.lower() != "kafka":
+            return f"scheme {scheme}:// is not kafka://"
+        if not address.strip() or address != address.strip():
+            return f"empty or padded server {server!r}"
+        try:
+            parsed = urlsplit(f"kafka://{address}")
+            parsed.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            return f"bad port in {address!r}"
+        extra = parsed.username is not None or parsed.path or parsed.query or parsed.fragment
+        if not parsed.hostname or extra:
+            return f"{address!r} is not host[:port]"
+    return None
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:

@@ -7,7 +7,7 @@ behaviour it works around and how to tell when it can go.
 
 from __future__ import annotations
 
-from streams.patches import bulk_fetch, consumer, fetch_wait
+from streams.patches import bulk_fetch, consumer, fetch_wait, fetcher_close
 
 __all__ = ["install"]
 
@@ -19,3 +19,5 @@ def install() -> None:
     fetch_wait.install()
     # The hot topics' records go to batch buffers, not through Faust's per-record path.
     bulk_fetch.install()
+    # A consumer whose broker vanished could not be stopped.
+    fetcher_close.install()

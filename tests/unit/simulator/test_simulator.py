@@ -86,13 +86,6 @@ def faulty_run() -> tuple[Simulator, list[SimEvent]]:
     )
 
 
-def test_kinds_mirror_the_schema_module() -> None:
-    assert sim_world.EXPLICIT_NEGATIVE == kinds.EXPLICIT_NEGATIVE
-    assert sim_world.IMPLICIT_NEGATIVE == kinds.IMPLICIT_NEGATIVE
-    assert sim_world.POSITIVE == kinds.POSITIVE
-    assert sim_world.NEGATIVE_KINDS == kinds.NEGATIVE_KINDS
-
-
 def test_same_seed_gives_identical_events_and_different_seed_does_not() -> None:
     knobs = {"duplicate_rate": 0.05, "malformed_rate": 0.02, "flood_users": 1, **SMALL}
     _, first = run(2000, seed=7, **knobs)

@@ -1,0 +1,67 @@
+"""The broker URL setting: every form Faust accepts passes, anything but kafka:// fails."""
+
+from __future__ import annotations
+
+import faust
+import pytest
+from faust.transport.drivers.aiokafka import server_list
+
+from streams.settings import Settings, SettingsError
+
+ACCEPTED = {
+    "kafka://127.0.0.1:9092": ["127.0.0.1:9092"],
+    "kafka://k1:9092;k2:9093": ["k1:9092", "k2:9093"],
+    "kafka://k1:9092;kafka://k2:9093": ["k1:9092", "k2:9093"],
+    "kafka://k1:9092,k2:9093,kafka://k3:9094": ["k1:9092", "k2:9093", "k3:9094"],
+    "KAFKA://k1:9092": ["k1:9092"],
+    "kafka://[::1]:9092": ["[::1]:9092"],
+}
+
+REJECTED = {
+    "http://x": "scheme http://",
+    "https://k1:9092": "scheme https://",
+    "aiokafka://k1:9092": "scheme aiokafka://",
+    "kafka://k1:9092;http://k2:9092": "scheme http://",
+    "k1:9092": "no kafka:// scheme",
+    "": "no kafka:// scheme",
+    "kafka://": "empty",
+    "kafka://k1:9092;": "empty",
+    "kafka://k1:9092; k2:9092": "padded",
+    "kafka://k1:port": "bad port",
+    "kafka://k1:99999": "bad port",
+    "kafka://k1:9092/topic": "not host[:port]",
+    "kafka://user@k1:9092": "not host[:port]",
+}
+
+
+@pytest.mark.parametrize("url", ACCEPTED)
+def test_kafka_urls_are_accepted_and_faust_reads_the_same_servers(url: str) -> None:
+    settings = Settings.from_env({"NEGSTREAM_BROKER_URL": url})
+    app = faust.App("settings-test", broker=url)
+    faust_servers = server_list(app.conf.broker, 9092)
+    assert faust_servers == ACCEPTED[url]
+    # The admin client (kafka-python) must reach the servers the Faust worker reads.
+    assert [s.lower() for s in settings.bootstrap_servers] == [s.lower() for s in faust_servers]
+
+
+def test_a_server_without_a_port_is_accepted() -> None:
+    settings = Settings.from_env({"NEGSTREAM_BROKER_URL": "kafka://k1;k2:9093"})
+    assert settings.bootstrap_servers == ["k1", "k2:9093"]
+
+
+@pytest.mark.parametrize("url", REJECTED)
+def test_other_broker_urls_are_rejected_with_the_reason(url: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"NEGSTREAM_BROKER_URL": url})
+    message = str(error.value)
+    assert message.startswith(f"NEGSTREAM_BROKER_URL={url!r}: ")
+    assert REJECTED[url] in message
+    assert "expected kafka://host:port" in message
+    assert "\n" not in message
+
+
+def test_a_broker_override_is_checked_too() -> None:
+    with pytest.raises(SettingsError, match="NEGSTREAM_BROKER_URL"):
+        Settings.from_env({}, broker_url="http://x")
+    with pytest.raises(SettingsError, match="NEGSTREAM_BROKER_URL"):
+        Settings().replace(broker_url="http://x")
