@@ -118,10 +118,13 @@ class OrderedDelivery:
                 newest[partition].update(states)
         if newest:
             users = self.users
-            changelog = {
-                partition: [users.changelog_record(user, state) for user, state in states.items()]
-                for partition, states in newest.items()
-            }
+            changelog: dict[int, list[tuple[bytes | None, bytes]]] = {}
+            for partition, states in newest.items():
+                batch = changelog[partition] = []
+                for count, (user, state) in enumerate(states.items()):
+                    batch.append(users.changelog_record(user, state))
+                    if count % 200 == 199:
+                        await asyncio.sleep(0)  # serialising is CPU work on the event loop
             topic = users.changelog_topic
 
             async def send_changelog() -> list[asyncio.Future[Any]]:

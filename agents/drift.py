@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -70,13 +71,15 @@ class DriftReporter:
             log_loss,
         )
 
-    def user_rates(self) -> list[float]:
+    async def user_rates(self) -> list[float]:
         """Short-window negative rates of up to :data:`USER_SAMPLE` users on this worker."""
         rates = []
-        for _, state in itertools.islice(self.users.items(), USER_SAMPLE):
+        for count, (_, state) in enumerate(itertools.islice(self.users.items(), USER_SAMPLE)):
             rate = negative_rate(state, self.config)
             if rate is not None:
                 rates.append(rate)
+            if count % 500 == 499:
+                await asyncio.sleep(0)  # the event loop is never held for the whole sample
         return rates
 
     async def report(self, prequential: dict[str, float], model_version: int) -> DriftReport:
@@ -85,7 +88,7 @@ class DriftReporter:
         ``prequential`` are the trainer's test-then-train figures, ``model_version`` its
         model's version.
         """
-        rates = self.user_rates()
+        rates = await self.user_rates()
         if rates:
             self.monitor.update_user_rates(rates)
         figures, alerts = self.monitor.report()

@@ -25,19 +25,20 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from agents.encoder import OutputEncoder
-from agents.state import fold, suppression
+from agents.state import suppression
 from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_one
 from agents.state.state import UserState
-from schemas.events import Feedback, Suppression
+from schemas.events import Feedback, ScoreUpdate, Suppression
 from schemas.kinds import STRONG_NEGATIVE
 from schemas.validation import ValidationError
 from streams import metrics
@@ -97,9 +98,38 @@ class _Outbox:
 @dataclass(frozen=True)
 class _Pending:
     feedback: Feedback
-    suppressions: tuple[Suppression, ...]
     partition: int
     at: float
+
+
+@dataclass
+class _UserLane:
+    """One user's lane events not yet applied by the input pipeline: the events, their
+    negatives per creator / category, and the suppressions published for them (merged)."""
+
+    events: dict[str, _Pending] = field(default_factory=dict)
+    negatives: Counter[tuple[str, str]] = field(default_factory=Counter)
+    held: dict[tuple[str, str], Suppression] = field(default_factory=dict)
+
+    def add(self, pending: _Pending, suppressions: Sequence[Suppression], cap: int) -> None:
+        self.events[pending.feedback.event_id] = pending
+        self.negatives.update(_targets(pending.feedback))
+        merged = suppression.merge(self.held.values(), suppressions)
+        self.held = {(s.target_type, s.target_id): s for s in suppression.strongest(merged, cap)}
+
+    def remove(self, event_id: str) -> None:
+        pending = self.events.pop(event_id, None)
+        if pending is not None:
+            self.negatives.subtract(_targets(pending.feedback))
+
+
+def _targets(feedback: Feedback) -> list[tuple[str, str]]:
+    found = []
+    if feedback.creator_id is not None:
+        found.append(("creator", feedback.creator_id))
+    if feedback.category is not None:
+        found.append(("category", feedback.category))
+    return found
 
 
 class FastLane:
@@ -120,7 +150,7 @@ class FastLane:
         self.encoder = encoder
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
-        self.pending: dict[str, dict[str, _Pending]] = {}
+        self.pending: dict[str, _UserLane] = {}
         self.lock = threading.Lock()
         self.wanted: frozenset[int] = frozenset()
         self.stopping = threading.Event()
@@ -255,23 +285,44 @@ class FastLane:
     def _publish(
         self, producer: _Outbox, feedback: Feedback, partition: int, produced_ms: int | None
     ) -> None:
-        user = feedback.user_id
+        """Publish a strong negative's suppressions: O(1) in the user's history and in the
+        lane events still pending for the user."""
+        user, config = feedback.user_id, self.config
         with self.lock:
-            pending = self.pending.get(user, {})
-            if feedback.event_id in pending:
+            lane = self.pending.get(user)
+            if lane is not None and feedback.event_id in lane.events:
                 return
-            earlier = [p.feedback for p in pending.values()]
+            more = lane.negatives if lane is not None else Counter()
+            more_creator = more[("creator", feedback.creator_id or "")] + 1
+            more_category = more[("category", feedback.category or "")] + 1
+            held = tuple(lane.held.values()) if lane is not None else ()
         stored = self.users.peek(user)
-        _, out = fold.apply_events(
-            stored, [*earlier, feedback], self.config, self.watermark(partition)
-        )
-        update = next((u for u in out.updates if u.trigger_event_ids == (feedback.event_id,)), None)
-        if update is None:  # a duplicate or late: the input pipeline will not apply it either
+        if stored is not None:
+            if stored.has_seen(feedback.event_id):
+                return  # the input pipeline applied it already
+            newest = stored.topic_clock.get("feedback", 0.0)
+            if feedback.timestamp < max(self.watermark(partition), newest) - config.grace_s:
+                return  # late: the input pipeline will not apply it either
+        new = suppression.suppressions_for(stored, feedback, config, more_creator, more_category)
+        if not new:
             return
+        others = suppression.merge(
+            suppression.active_suppressions(stored) if stored is not None else (), held,
+            clock=feedback.timestamp,
+        )  # fmt: skip
+        update = ScoreUpdate(
+            user_id=user,
+            source="fast_path",
+            model_version=-1,
+            timestamp=feedback.timestamp,
+            trigger_event_ids=(feedback.event_id,),
+            suppressions=suppression.for_update(new, others, config),
+        )
         with self.lock:
-            self.pending.setdefault(user, {})[feedback.event_id] = _Pending(
-                feedback, update.suppressions, partition, time.monotonic()
-            )
+            self.pending.setdefault(user, _UserLane()).add(
+                _Pending(feedback, partition, time.monotonic()), new,
+                config.max_update_suppressions,
+            )  # fmt: skip
         record = self.encoder.score_update(update, partition)
         future = producer.send(record.topic, record.key, record.value, record.partition)
         future.add_callback(lambda _: _delivered(produced_ms))
@@ -282,7 +333,8 @@ class FastLane:
     def is_pending(self, user_id: str, event_id: str) -> bool:
         """Whether the lane published ``event_id``'s update and it is not applied yet."""
         with self.lock:
-            return event_id in self.pending.get(user_id, {})
+            lane = self.pending.get(user_id)
+            return lane is not None and event_id in lane.events
 
     def merge(
         self, user_id: str, suppressions: Sequence[Suppression], clock: float
@@ -293,21 +345,22 @@ class FastLane:
         event time ``clock``) are left out.
         """
         with self.lock:
-            pending = self.pending.get(user_id)
-            if not pending:
+            lane = self.pending.get(user_id)
+            if lane is None:
                 return tuple(suppressions)
-            extra = [s for p in pending.values() for s in p.suppressions]
-        return suppression.merge(suppressions, extra, clock)
+            held = tuple(lane.held.values())
+        merged = suppression.merge(suppressions, held, clock)
+        return suppression.strongest(merged, self.config.max_update_suppressions)
 
     def applied(self, user_id: str, event_ids: Iterable[str]) -> None:
         """The input pipeline stored a state that accounts for these events."""
         with self.lock:
-            pending = self.pending.get(user_id)
-            if pending is None:
+            lane = self.pending.get(user_id)
+            if lane is None:
                 return
             for event_id in event_ids:
-                pending.pop(event_id, None)
-            if not pending:
+                lane.remove(event_id)
+            if not lane.events:
                 del self.pending[user_id]
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
@@ -324,10 +377,11 @@ class FastLane:
     def _keep(self, keep: Callable[[_Pending], bool]) -> None:
         with self.lock:
             for user in list(self.pending):
-                kept = {e: p for e, p in self.pending[user].items() if keep(p)}
-                if kept:
-                    self.pending[user] = kept
-                else:
+                lane = self.pending[user]
+                for event_id, pending in list(lane.events.items()):
+                    if not keep(pending):
+                        lane.remove(event_id)
+                if not lane.events:
                     del self.pending[user]
 
 

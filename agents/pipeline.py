@@ -125,7 +125,7 @@ class InputPipeline:
     async def _process(self, events: list[Message], step: Step) -> None:
         started = time.perf_counter()
         if self.index_stale:
-            self.rebuild_index(self.users.items())
+            await self.rebuild_index(self.users.items())
         messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
         decoded = decode_batch(
@@ -149,7 +149,7 @@ class InputPipeline:
             by_user[record.user_id].append(position)
         touched = {m.partition for m in messages}
         marks = {p: watermarks(p) for p in touched}
-        now = time.monotonic()
+        now = watermarks.wall()
         for message in messages:
             # Every message read counts towards being caught up, rejected ones too.
             watermarks.read(message.topic, message.partition, message.offset)
@@ -261,12 +261,12 @@ class InputPipeline:
             # The periodic rebuild is a safety net: the index is derived from the table,
             # so a user it ever missed is picked up again within REBUILD_EVERY_S.
             if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
-                self.rebuild_index(self.users.items())
+                await self.rebuild_index(self.users.items())
             for partition in list(self.deadlines):
                 await self.close_due(partition, step)
             await self.delivery.queue(step)
 
-    def rebuild_index(self, items: Iterable[tuple[str, UserState]]) -> None:
+    async def rebuild_index(self, items: Iterable[tuple[str, UserState]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
 
         Each partition's watermark resumes from the highest one its states were written
@@ -274,12 +274,14 @@ class InputPipeline:
         no later than the one it first met, and changelog writes of a partition are ordered,
         so one whose write survived is dropped as a duplicate.
         """
-        self.deadlines.clear()
+        deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
         for user_id, state in items:
             self.watermarks.resume_from(state.partition, state.watermark)
             deadline = fold.next_deadline(state, self.config)
             if deadline is not None:
-                self.deadlines[state.partition].append((deadline, user_id))
+                deadlines[state.partition].append((deadline, user_id))
+            await self.pause()
+        self.deadlines = deadlines
         for heap in self.deadlines.values():
             heapq.heapify(heap)
         self.index_stale = False
@@ -328,7 +330,9 @@ def _raw(message: Message) -> RawMessage:
 
 def _observe(counts: Counter[str]) -> None:
     for name, count in counts.items():
-        if ":" in name:
+        if name.startswith("capped:"):
+            metrics.STATE_CAPPED.labels(name.removeprefix("capped:")).inc(count)
+        elif ":" in name:
             outcome, kind = name.split(":", 1)
             metrics.EVENTS.labels(kind, outcome).inc(count)
         elif name == "abuse_excluded":

@@ -4,6 +4,7 @@ published as ``ScoreUpdate`` records, coalesced per user."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from agents.pipeline import SuppressionsAhead
 from agents.state.config import StateConfig
 from agents.state.features import feature_rows
 from agents.state.state import UserState
-from agents.state.suppression import active_suppressions
+from agents.state.suppression import active_suppressions, for_update
 from agents.trainer import Trainer
 from model import CandidateBatch
 from schemas.events import ItemScore, ScoreUpdate, Suppression
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 MAX_TRIGGER_IDS = 50
 #: Most triggers queued for one user between two updates (the newest are kept).
 MAX_QUEUED_TRIGGERS = 1000
+#: Queued users looked at, and rescored, by one refresh (the rest wait for the next).
+MAX_SCANNED = 5000
+MAX_JOBS = 2000
 
 
 def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
@@ -120,8 +124,13 @@ class Rescorer:
         """
         jobs: list[_Rescore] = []
         interval, patience = self.settings.score_min_interval_s, self.settings.label_window_s
-        for user in list(self.pending):
+        # A bounded slice a call, round robin (a user looked at goes to the back), so the
+        # event loop is never held however many users are queued.
+        for user in list(itertools.islice(self.pending, MAX_SCANNED)):
+            if len(jobs) >= MAX_JOBS:
+                break
             if now - self.last_refresh.get(user, 0.0) < interval:
+                self.pending[user] = self.pending.pop(user)
                 continue
             state = self.users.get(user)
             if state is None or not state.candidates:
@@ -129,13 +138,20 @@ class Rescorer:
                 if now - since >= patience:
                     del self.pending[user], self.waiting_since[user]
                     metrics.REFRESHES_WITHOUT_CANDIDATES.inc()
+                else:
+                    self.pending[user] = self.pending.pop(user)
                 continue
             self.waiting_since.pop(user, None)
-            active = active_suppressions(state)
+            active = for_update((), active_suppressions(state), self.config)
             if self.lane is not None:
                 active = self.lane.merge(user, active, state.clock)
             jobs.append(_Rescore(user, state, self.pending.pop(user), active))
             self.last_refresh[user] = now
+        if len(self.last_refresh) > 2 * len(self.pending) + MAX_SCANNED:
+            # Only refreshes within the interval matter; the rest would grow for ever.
+            self.last_refresh = {
+                user: at for user, at in self.last_refresh.items() if now - at < interval
+            }
         return jobs
 
     async def refresh(self) -> None:

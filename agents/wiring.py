@@ -24,6 +24,7 @@ from agents.trainer import Trainer
 from agents.watermarks import Watermarks
 from streams.app import recovery_done, recovery_ended_at
 from streams.bulk import BulkSource
+from streams.loop_lag import watch_event_loop
 from streams.output import OutputProducer
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
@@ -38,9 +39,12 @@ SHUTDOWN_FLUSH_S = 10.0
 
 
 def state_config(settings: Settings) -> StateConfig:
-    """The per-user logic's settings, taken from the worker's."""
+    """The per-user logic's settings, taken from the worker's (the caps keep their defaults
+    unless the worker has a setting of the same name)."""
     names = {spec.name for spec in dataclasses.fields(StateConfig) if spec.init}
-    return StateConfig(**{name: getattr(settings, name) for name in names})
+    return StateConfig(
+        **{name: getattr(settings, name) for name in names if hasattr(settings, name)}
+    )
 
 
 def users_store(table: Any) -> UsersStore[UserState]:
@@ -84,6 +88,10 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     async def training() -> None:
         loop = train_batches(examples, trainer, rescorer, drift, settings)
         await _until_failure(app, "trainer", loop)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def event_loop_lag() -> None:
+        await watch_event_loop()
 
     @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
     async def score_refresh() -> None:

@@ -32,6 +32,8 @@ def broker_credentials(settings: Settings) -> Any:
 def build_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``; agents are registered by the worker."""
     datadir = Path(settings.data_dir) / "faust"
+    # Faust opens files under its data dir at start; a first run has none.
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,

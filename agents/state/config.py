@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 class StateConfig:
     """What the pure per-user functions need; the worker builds it from its settings.
 
-    Each field has the meaning (and default) of the worker setting of the same name.
+    Each field has the meaning (and default) of the worker setting of the same name; the
+    caps below are documented in the README ("Per-user state").
     """
 
     window_short_s: float = 600.0
@@ -23,8 +25,34 @@ class StateConfig:
     abuse_negative_cap: int = 200
     suppression_ttl_s: float = 7 * 86_400.0
     creator_suppression_ttl_s: float = 3 * 86_400.0
+    #: Open label windows kept per user; past it the oldest impression is labelled at once.
+    max_pending: int = 2000
+    #: Feedback events kept for the join per user; past it the oldest is dropped.
+    max_reactions: int = 2000
+    #: Suppressions kept per user; past it the weakest (then soonest expiring) go.
+    max_suppressions: int = 200
+    #: Suppressions one score update carries (the new ones first, then the strongest).
+    max_update_suppressions: int = 64
+    #: Distinct per-id counters (items, creators...) of one input in one window bucket.
+    max_names_per_bucket: int = 1000
     long_step_s: float = field(init=False)
-    """Bucket size of the long window: the hop, widened so it spans at most 48 buckets."""
+    """Bucket size of the long window: a multiple of the step spanning at most 48 buckets."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "long_step_s", max(self.window_step_s, self.window_long_s / 48))
+        steps = max(1, math.ceil(self.window_long_s / 48 / self.window_step_s - 1e-9))
+        object.__setattr__(self, "long_step_s", steps * self.window_step_s)
+
+    @property
+    def steps_per_long(self) -> int:
+        """Fine buckets in one long bucket."""
+        return round(self.long_step_s / self.window_step_s)
+
+    @property
+    def short_buckets(self) -> int:
+        """Fine buckets of the short window."""
+        return max(1, round(self.window_short_s / self.window_step_s))
+
+    @property
+    def long_buckets(self) -> int:
+        """Whole long buckets of the long window."""
+        return max(1, round(self.window_long_s / self.long_step_s))

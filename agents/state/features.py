@@ -1,9 +1,17 @@
-"""Dense features of a user's windowed tables, and the operators' view of those tables."""
+"""Dense features of a user's windowed tables as of an event time, and the operators' view.
+
+Features count whole steps (``window_step_s``): an impression's features are the tables as
+of the start of the step holding its event time (its *cut*), so they count only events with
+an earlier event time, whatever order the two inputs were read in. The short window is the
+``window_short_s`` of steps before the cut; the long window is the long buckets wholly
+before the cut's long bucket (``window_long_s`` of them) plus the steps of that long bucket
+before the cut.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import repeat
 from typing import Any
 
@@ -13,98 +21,68 @@ from agents.state.state import Buckets, Candidate, UserState
 from schemas.events import FEATURE_NAMES
 
 
-class WindowSums:
-    """Counters of one window's buckets, each summed on first read and then kept up to date.
+class Sums:
+    """Totals of counter names over some buckets, less ``minus`` (each summed on first read)."""
 
-    A call reads a handful of names (a feature row needs seven) while a long-lived user's
-    window holds thousands (one per item seen), so summing per name beats merging all.
-    """
+    __slots__ = ("minus", "parts", "sums")
 
-    __slots__ = ("buckets", "parts", "sums", "window")
-
-    def __init__(self, buckets: Buckets, window: range) -> None:
-        self.buckets, self.window = buckets, window
-        # The window's non-empty buckets by index, found on first read.
-        self.parts: dict[int, dict[str, int]] | None = None
+    def __init__(self, parts: list[dict[str, int]], minus: Mapping[str, int] | None = None):
+        self.parts = parts
+        self.minus = minus
         self.sums: dict[str, int] = {}
 
-    def get(self, name: str, default: int = 0) -> int:
-        """Total of ``name`` over the window (``default`` when it is 0)."""
+    def get(self, name: str) -> int:
+        """Total of ``name``."""
         total = self.sums.get(name)
         if total is None:
-            parts = self.parts
-            if parts is None:
-                found = ((index, self.buckets.get(str(index))) for index in self.window)
-                parts = self.parts = {index: bucket for index, bucket in found if bucket}
             # map() over dict.get runs in C: no Python frame per bucket.
-            total = sum(map(dict.get, parts.values(), repeat(name), repeat(0)))
+            total = sum(map(dict.get, self.parts, repeat(name), repeat(0)))
+            if self.minus:
+                total -= self.minus.get(name, 0)
             self.sums[name] = total
-        return total or default
-
-    def added(self, index: int, names: list[str]) -> None:
-        """Account for ``names`` just counted in bucket ``index`` (which may be new or copied)."""
-        if index in self.window:
-            if self.parts is not None:
-                self.parts[index] = self.buckets[str(index)]
-            sums = self.sums
-            for name in names:
-                if name in sums:
-                    sums[name] += 1
+        return total
 
 
-class Totals:
-    """Window totals at a user's current clock, kept up to date as counts are added, so
-    featurising many events of one user does not re-sum the buckets."""
-
-    def __init__(self, config: StateConfig) -> None:
-        self.config = config
-        self.key: tuple[int, int] | None = None
-        self.short = self.long = WindowSums({}, range(0))
-        self.owned: set[tuple[str, int]] = set()
-
-    def at(self, state: UserState) -> tuple[WindowSums, WindowSums]:
-        """(short, long) counters of the windows ending at ``state``'s clock."""
-        short, long = spans(state.clock, self.config)
-        if self.key != (short.start, long.start):
-            self.key = (short.start, long.start)
-            self.short = WindowSums(state.short, short)
-            self.long = WindowSums(state.long, long)
-        return self.short, self.long
-
-    def own(self, state: UserState, short_index: int, long_index: int) -> None:
-        """Give ``state`` its own copy of these buckets before they are written, once a call.
-
-        :meth:`UserState.copy` shares buckets with the state it copies.
-        """
-        for name, buckets, index in (
-            ("short", state.short, short_index),
-            ("long", state.long, long_index),
-        ):
-            key = (name, index)
-            if key not in self.owned:
-                self.owned.add(key)
-                bucket = buckets.get(str(index))
-                if bucket is not None:
-                    buckets[str(index)] = dict(bucket)
-
-    def added(self, short_index: int, long_index: int, names: list[str]) -> None:
-        """Account for ``names`` just counted in these buckets."""
-        if self.key is not None:
-            self.short.added(short_index, names)
-            self.long.added(long_index, names)
+def cut_of(timestamp: float, config: StateConfig) -> int:
+    """The cut of an event at ``timestamp``: the index of the step that holds it."""
+    return windows.bucket_of(timestamp, config.window_step_s)
 
 
-def spans(clock: float, config: StateConfig) -> tuple[range, range]:
-    """Bucket ranges of the short and the long window ending at ``clock``."""
-    return (
-        windows.window_buckets(clock, config.window_short_s, config.window_step_s),
-        windows.window_buckets(clock, config.window_long_s, config.long_step_s),
-    )
+def now_cut(state: UserState, config: StateConfig) -> int:
+    """The cut that counts every event up to the user's clock."""
+    return cut_of(state.clock, config) + 1
+
+
+def _present(buckets: Buckets, indexes: range) -> list[dict[str, int]]:
+    found = (buckets.get(str(index)) for index in indexes)
+    return [bucket for bucket in found if bucket]
+
+
+def window_sums(
+    state: UserState, config: StateConfig, cut: int, minus: Mapping[str, int] | None = None
+) -> tuple[Sums, Sums]:
+    """(short, long) totals as of ``cut``, less ``minus`` (an impression's own feedback)."""
+    short = _present(state.fine, range(cut - config.short_buckets, cut))
+    per_long = config.steps_per_long
+    head = cut // per_long
+    long = _present(state.long, range(head - config.long_buckets, head))
+    long += _present(state.fine, range(head * per_long, cut))
+    return Sums(short, minus), Sums(long, minus)
+
+
+def oldest_fine_needed(cut: int, config: StateConfig) -> int:
+    """The oldest step bucket :func:`window_sums` reads for ``cut``."""
+    return min(cut - config.short_buckets, (cut // config.steps_per_long) * config.steps_per_long)
+
+
+def oldest_long_needed(cut: int, config: StateConfig) -> int:
+    """The oldest long bucket :func:`window_sums` reads for ``cut``."""
+    return cut // config.steps_per_long - config.long_buckets
 
 
 def feature_row(
-    short: WindowSums,
-    long: WindowSums,
+    short: Sums,
+    long: Sums,
     item_id: str,
     creator_id: str | None,
     category: str | None,
@@ -137,16 +115,17 @@ def features(
     creator_id: str | None,
     category: str | None,
 ) -> dict[str, float]:
-    """Dense features of one candidate for this user, named as :data:`FEATURE_NAMES`."""
-    row = feature_row(*Totals(config).at(state), item_id, creator_id, category)
+    """Dense features of one candidate for this user now, named as :data:`FEATURE_NAMES`."""
+    row = feature_row(*window_sums(state, config, now_cut(state, config)), item_id, creator_id,
+                      category)  # fmt: skip
     return dict(zip(FEATURE_NAMES, row, strict=True))
 
 
 def feature_rows(
     state: UserState, config: StateConfig, candidates: Iterable[Candidate]
 ) -> list[tuple[float, ...]]:
-    """Dense features of many candidates of one user, each in :data:`FEATURE_NAMES` order."""
-    short, long = Totals(config).at(state)
+    """Dense features of many candidates of one user now, each in :data:`FEATURE_NAMES` order."""
+    short, long = window_sums(state, config, now_cut(state, config))
     return [feature_row(short, long, c.item_id, c.creator_id, c.category) for c in candidates]
 
 
@@ -161,12 +140,10 @@ def features_many(
 
 
 def negative_rate(state: UserState, config: StateConfig) -> float | None:
-    """Negatives per impression in the short window, or ``None`` without impressions."""
-    short, _ = spans(state.clock, config)
-    impressions = windows.total(state.short, short, counters.IMPRESSIONS)
-    if not impressions:
-        return None
-    return windows.total(state.short, short, counters.NEGATIVES) / impressions
+    """Negatives per impression in the short window now, or ``None`` without impressions."""
+    short, _ = window_sums(state, config, now_cut(state, config))
+    impressions = short.get(counters.IMPRESSIONS)
+    return short.get(counters.NEGATIVES) / impressions if impressions else None
 
 
 def table_view(state: UserState, config: StateConfig) -> dict[str, Any]:
@@ -179,13 +156,15 @@ def table_view(state: UserState, config: StateConfig) -> dict[str, Any]:
             state.candidates, features_many(state, config, state.candidates), strict=True
         )
     ]
-    short, long = spans(clock, config)
-    for name, buckets, window in (("short", state.short, short), ("long", state.long, long)):
-        merged = Counter(windows.merge(buckets, window))
+    for name, sums in zip(("short", "long"), window_sums(state, config, now_cut(state, config)),
+                          strict=True):  # fmt: skip
+        merged: Counter[str] = Counter()
+        for part in sums.parts:
+            merged.update(part)
         section: dict[str, Any] = {published: 0 for published in counters.TOTALS.values()}
         section.update({published: {} for published in counters.FAMILIES.values()})
         for counter, count in merged.items():
-            if not count:
+            if not count or counter.startswith("#"):
                 continue
             published, target = counters.parse(counter)
             if target is None:

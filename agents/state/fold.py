@@ -1,27 +1,46 @@
 """The fold: dedupe, lateness, windowed counters and the label join, as pure functions.
 
 ``apply_events`` folds a micro-batch of one user's validated events into a copy of the
-user's :class:`UserState` and returns the outputs; ``advance`` closes the label windows the
-event-time watermark has passed.
+user's :class:`UserState`; ``advance`` labels the impressions whose label window the
+event-time watermark has passed. Both return what they produced as :class:`Outputs`.
+
+Event time, whatever the read order (README "Event-time semantics"):
+
+* an impression is labelled once the watermark is ``label_window_s + JOIN_SKEW_S`` past it,
+  when every event of either input up to then has been read;
+* a feedback event belongs to the latest impression (by event time) of its item (and
+  request, when both name one) that it follows within the label window, or precedes by at
+  most ``JOIN_SKEW_S``;
+* the example's features are the user's tables as of the start of its impression's step
+  (:mod:`agents.state.features`), less its own feedback.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 
 from agents.state import counters, windows
 from agents.state.config import StateConfig
-from agents.state.features import Totals, feature_row
-from agents.state.state import Candidate, Orphan, Pending, UserState
-from agents.state.suppression import fast_path_update
+from agents.state.features import (
+    Sums,
+    cut_of,
+    feature_row,
+    oldest_fine_needed,
+    oldest_long_needed,
+    window_sums,
+)
+from agents.state.state import Candidate, Pending, Reaction, UserState
+from agents.state.suppression import fast_path_update, feedback_clock
 from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
-from schemas.kinds import EXPLICIT_NEGATIVE, NEGATIVE_KINDS, NO_REACTION, label_of, severity
+from schemas.kinds import EXPLICIT_NEGATIVE, NEGATIVE_KINDS, label_of, severity
 
 Event = Impression | Feedback
 
 #: Feedback up to this many seconds before its impression's time still joins (clock skew).
 JOIN_SKEW_S = 5.0
+#: Recent dedupe ids kept apart from the older ones, so a copy of the state copies few.
+SEEN_YOUNG = 64
 
 
 @dataclass
@@ -39,11 +58,21 @@ class Outputs:
         self.counts.update(other.counts)
 
 
+def label_due(pending: Pending, config: StateConfig) -> float:
+    """Watermark at which an impression is labelled."""
+    return pending.timestamp + config.label_window_s + JOIN_SKEW_S
+
+
+def reaction_due(reaction: Reaction, config: StateConfig) -> float:
+    """Watermark past which no open impression can claim a feedback event."""
+    return reaction.timestamp + config.label_window_s + 2 * JOIN_SKEW_S
+
+
 def next_deadline(state: UserState, config: StateConfig) -> float | None:
-    """Event time at which the user's earliest open label window closes, if any."""
-    times = [p.timestamp for p in state.pending]
-    times += [o.timestamp for o in state.orphans]
-    return min(times) + config.label_window_s if times else None
+    """Watermark at which the user's earliest open impression or reaction is due, if any."""
+    times = [label_due(p, config) for p in state.pending]
+    times += [reaction_due(r, config) for r in state.reactions]
+    return min(times) if times else None
 
 
 def apply_events(
@@ -56,7 +85,10 @@ def apply_events(
     not applied. The per-topic clock keeps lateness exact while the watermark lags, e.g.
     while a restarted worker reads a backlog (Kafka orders a user's events per topic).
     """
-    return _apply(_copy(state), events, config, watermark)
+    state, out = _copy(state), Outputs()
+    _apply(state, events, config, watermark, out)
+    _expire(state, config, watermark, out)
+    return state, out
 
 
 def apply_and_advance(
@@ -67,36 +99,85 @@ def apply_and_advance(
     user_id: str,
 ) -> tuple[UserState, Outputs]:
     """:func:`apply_events` then :func:`advance` at the same watermark, copying once."""
-    state, out = _apply(_copy(state), events, config, watermark)
-    out.extend(_advance(state, watermark, user_id, config))
+    state, out = _copy(state), Outputs()
+    _apply(state, events, config, watermark, out)
+    _advance(state, watermark, user_id, config, out)
+    _expire(state, config, watermark, out)
     return state, out
 
 
 def advance(
     state: UserState | None, watermark: float, user_id: str, config: StateConfig
 ) -> tuple[UserState, Outputs]:
-    """Emit the examples whose label window closed at event time ``watermark``.
+    """Label the impressions due at event time ``watermark``; drop reactions no impression
+    can claim any more.
 
     The watermark, not the user's own clock, closes windows: the two input topics are read
     independently, so one user's impressions can run ahead of that user's feedback.
     """
-    state = _copy(state)
-    return state, _advance(state, watermark, user_id, config)
+    state, out = _copy(state), Outputs()
+    _advance(state, watermark, user_id, config, out)
+    _expire(state, config, watermark, out)
+    return state, out
 
 
 def _copy(state: UserState | None) -> UserState:
     return UserState() if state is None else state.copy()
 
 
+class _Counter:
+    """Writes counts into a state's buckets, copying each shared bucket once a call."""
+
+    __slots__ = ("config", "owned", "state")
+
+    def __init__(self, state: UserState, config: StateConfig) -> None:
+        self.state, self.config = state, config
+        self.owned: set[tuple[bool, int]] = set()
+
+    def bucket(self, fine: bool, index: int) -> dict[str, int]:
+        buckets = self.state.fine if fine else self.state.long
+        key = str(index)
+        if (fine, index) not in self.owned:
+            self.owned.add((fine, index))
+            bucket = buckets.get(key)
+            buckets[key] = {} if bucket is None else dict(bucket)
+        return buckets[key]
+
+    def count(self, timestamp: float, totals: list[str], named: list[str], source: str) -> int:
+        """Count one event in its step and long buckets; return the names left out."""
+        config = self.config
+        cap = config.max_names_per_bucket
+        fine = self.bucket(True, windows.bucket_of(timestamp, config.window_step_s))
+        long = self.bucket(False, windows.bucket_of(timestamp, config.long_step_s))
+        left_out = windows.add(fine, totals, named, source, cap)
+        return left_out + windows.add(long, totals, named, source, cap)
+
+
+def feedback_counters(kind: str, creator_id: str | None, category: str | None) -> tuple[
+    list[str], list[str]
+]:  # fmt: skip
+    """(totals, per-id names) a feedback event counts."""
+    if kind in NEGATIVE_KINDS:
+        totals = [counters.NEGATIVES, counters.by_kind(kind)]
+        if kind in EXPLICIT_NEGATIVE:
+            totals.append(counters.EXPLICIT_NEGATIVES)
+        named = []
+        if creator_id is not None:
+            named.append(counters.creator_negatives(creator_id))
+        if category is not None:
+            named.append(counters.category_negatives(category))
+        return totals, named
+    return [counters.POSITIVES, counters.by_kind(kind)], []
+
+
 def _apply(
-    state: UserState, events: list[Event], config: StateConfig, watermark: float
-) -> tuple[UserState, Outputs]:
-    out = Outputs()
-    totals = Totals(config)
+    state: UserState, events: list[Event], config: StateConfig, watermark: float, out: Outputs
+) -> None:
+    writer = _Counter(state, config)
     seen = state.seen
     for event in events:
         kind = "impression" if isinstance(event, Impression) else "feedback"
-        if event.event_id in seen:
+        if event.event_id in seen or event.event_id in state.seen_old:
             out.counts["duplicate:" + kind] += 1
             continue
         seen[event.event_id] = event.timestamp
@@ -107,132 +188,166 @@ def _apply(
         state.topic_clock[kind] = max(topic_clock, event.timestamp)
         state.clock = max(state.clock, event.timestamp)
         if isinstance(event, Impression):
-            _apply_impression(state, event, config, totals)
+            _apply_impression(state, event, config, writer, out)
         else:
-            _apply_feedback(state, event, config, out, totals)
+            _apply_feedback(state, event, config, writer, out)
         out.counts["accepted:" + kind] += 1
-    _expire(state, config)
-    return state, out
 
 
 def _apply_impression(
-    state: UserState, imp: Impression, config: StateConfig, totals: Totals
+    state: UserState, imp: Impression, config: StateConfig, writer: _Counter, out: Outputs
 ) -> None:
-    row = feature_row(*totals.at(state), imp.item_id, imp.creator_id, imp.category)
-    pending = Pending(
-        imp.event_id,
-        imp.item_id,
-        imp.creator_id,
-        imp.category,
-        imp.request_id,
-        imp.timestamp,
-        dict(zip(FEATURE_NAMES, row, strict=True)),
-    )
-    names = [counters.IMPRESSIONS, counters.item_exposure(imp.item_id)]
+    named = [counters.item_exposure(imp.item_id)]
     if imp.creator_id is not None:
-        names.append(counters.creator_exposure(imp.creator_id))
-    _count(state, imp.timestamp, names, config, totals)
-    remaining = []
-    for orphan in state.orphans:
-        if _joins(pending, orphan.item_id, orphan.request_id, orphan.timestamp, config):
-            pending = replace(
-                pending, kinds=(*pending.kinds, orphan.kind), label_ts=orphan.timestamp
-            )
-        else:
-            remaining.append(orphan)
-    state.orphans = remaining
-    state.pending.append(pending)
+        named.append(counters.creator_exposure(imp.creator_id))
+    left_out = writer.count(imp.timestamp, [counters.IMPRESSIONS], named, "#i")
+    if left_out:
+        out.counts["capped:window_names"] += left_out
+    state.pending.append(
+        Pending(
+            imp.event_id, imp.item_id, imp.creator_id, imp.category, imp.request_id, imp.timestamp
+        )
+    )
     candidates = [c for c in state.candidates if c.item_id != imp.item_id]
     candidates.append(Candidate(imp.item_id, imp.creator_id, imp.category))
     state.candidates = candidates[-config.candidates_per_user :]
 
 
 def _apply_feedback(
-    state: UserState, fb: Feedback, config: StateConfig, out: Outputs, totals: Totals
+    state: UserState, fb: Feedback, config: StateConfig, writer: _Counter, out: Outputs
 ) -> None:
+    totals, named = feedback_counters(fb.kind, fb.creator_id, fb.category)
+    left_out = writer.count(fb.timestamp, totals, named, "#f")
+    if left_out:
+        out.counts["capped:window_names"] += left_out
+    state.reactions.append(
+        Reaction(
+            fb.event_id,
+            fb.item_id,
+            fb.request_id,
+            fb.kind,
+            fb.timestamp,
+            fb.creator_id,
+            fb.category,
+        )
+    )
     if fb.kind in NEGATIVE_KINDS:
-        names = [counters.NEGATIVES, counters.by_kind(fb.kind)]
-        if fb.kind in EXPLICIT_NEGATIVE:
-            names.append(counters.EXPLICIT_NEGATIVES)
-        if fb.creator_id is not None:
-            names.append(counters.creator_negatives(fb.creator_id))
-        if fb.category is not None:
-            names.append(counters.category_negatives(fb.category))
-    else:
-        names = [counters.POSITIVES, counters.by_kind(fb.kind)]
-    _count(state, fb.timestamp, names, config, totals)
-    pendings = state.pending
-    for index in range(len(pendings) - 1, -1, -1):
-        pending = pendings[index]
-        if _joins(pending, fb.item_id, fb.request_id, fb.timestamp, config):
-            pendings[index] = replace(
-                pending, kinds=(*pending.kinds, fb.kind), label_ts=fb.timestamp
-            )
-            break
-    else:
-        state.orphans.append(Orphan(fb.item_id, fb.request_id, fb.kind, fb.timestamp))
-    if totals.at(state)[0].get(counters.NEGATIVES) > config.abuse_negative_cap:
-        if state.flagged_until <= fb.timestamp:
-            out.counts["flagged"] += 1
-            state.flagged_since = fb.timestamp
-        state.flagged_until = fb.timestamp + config.window_short_s
-    update = fast_path_update(state, fb, config)
+        short, _ = window_sums(state, config, cut_of(fb.timestamp, config) + 1)
+        if short.get(counters.NEGATIVES) > config.abuse_negative_cap:
+            if state.flagged_until <= fb.timestamp:
+                out.counts["flagged"] += 1
+                state.flagged_since = fb.timestamp
+            state.flagged_until = max(state.flagged_until, fb.timestamp + config.window_short_s)
+    update = fast_path_update(state, fb, config, out.counts)
     if update is not None:
         out.updates.append(update)
 
 
-def _joins(
-    pending: Pending,
-    item_id: str,
-    request_id: str | None,
-    timestamp: float,
-    config: StateConfig,
-) -> bool:
-    if pending.item_id != item_id:
+def _joins(pending: Pending, reaction: Reaction, config: StateConfig) -> bool:
+    if pending.item_id != reaction.item_id:
         return False
-    if pending.request_id and request_id and pending.request_id != request_id:
+    if pending.request_id and reaction.request_id and pending.request_id != reaction.request_id:
         return False
-    delay = float(timestamp) - float(pending.timestamp)
+    delay = reaction.timestamp - pending.timestamp
     return -JOIN_SKEW_S <= delay <= config.label_window_s
 
 
-def _count(
-    state: UserState, timestamp: float, names: list[str], config: StateConfig, totals: Totals
+def _advance(
+    state: UserState, watermark: float, user_id: str, config: StateConfig, out: Outputs
 ) -> None:
-    short = windows.bucket_of(timestamp, config.window_step_s)
-    long = windows.bucket_of(timestamp, config.long_step_s)
-    totals.own(state, short, long)
-    windows.add(state.short, short, names)
-    windows.add(state.long, long, names)
-    totals.added(short, long, names)
+    due = [p for p in state.pending if label_due(p, config) <= watermark]
+    if len(state.pending) - len(due) > config.max_pending:
+        # The oldest open impressions are labelled now, with the feedback read so far.
+        still_open = sorted(
+            (p for p in state.pending if label_due(p, config) > watermark),
+            key=lambda p: (p.timestamp, p.event_id),
+        )
+        forced = still_open[: len(still_open) - config.max_pending]
+        out.counts["capped:pending"] += len(forced)
+        due += forced
+    if due:
+        _label(state, due, user_id, config, out)
+    kept, unclaimed = [], 0
+    for reaction in state.reactions:
+        if reaction_due(reaction, config) <= watermark:
+            unclaimed += not reaction.claimed
+        else:
+            kept.append(reaction)
+    if len(kept) > config.max_reactions:
+        kept.sort(key=lambda r: (r.timestamp, r.event_id))
+        dropped = kept[: len(kept) - config.max_reactions]
+        out.counts["capped:reactions"] += len(dropped)
+        unclaimed += sum(not r.claimed for r in dropped)
+        kept = kept[len(dropped) :]
+    if unclaimed:
+        out.counts["unmatched_feedback"] += unclaimed
+    state.reactions = kept
 
 
-def _advance(state: UserState, now: float, user_id: str, config: StateConfig) -> Outputs:
-    out = Outputs()
-    still_open = []
+def _label(
+    state: UserState, due: list[Pending], user_id: str, config: StateConfig, out: Outputs
+) -> None:
+    by_item: defaultdict[str, list[Pending]] = defaultdict(list)
     for pending in state.pending:
-        if pending.timestamp + config.label_window_s > now:
-            still_open.append(pending)
-        elif _flagged_during(state, pending, config):
+        by_item[pending.item_id].append(pending)
+    reactions: defaultdict[str, list[int]] = defaultdict(list)
+    for index, reaction in enumerate(state.reactions):
+        reactions[reaction.item_id].append(index)
+    due.sort(key=lambda p: (p.timestamp, p.event_id))
+    done = {p.event_id for p in due}
+    sums_at: dict[int, tuple[Sums, Sums]] = {}
+    for pending in due:
+        order = (pending.timestamp, pending.event_id)
+        claimed: list[Reaction] = []
+        for index in reactions.get(pending.item_id, ()):
+            reaction = state.reactions[index]
+            if reaction.claimed or not _joins(pending, reaction, config):
+                continue
+            # A feedback event belongs to the latest impression it joins.
+            later = any(
+                (other.timestamp, other.event_id) > order and _joins(other, reaction, config)
+                for other in by_item[pending.item_id]
+            )
+            if later:
+                continue
+            claimed.append(reaction)
+            state.reactions[index] = replace(reaction, claimed=True)
+        if _flagged_during(state, pending, config):
             out.counts["abuse_excluded"] += 1
         else:
-            out.examples.append(_example(user_id, pending))
-    state.pending = still_open
-    kept = [o for o in state.orphans if o.timestamp + config.label_window_s > now]
-    out.counts["unmatched_feedback"] += len(state.orphans) - len(kept)
-    state.orphans = kept
-    return out
+            out.examples.append(_example(state, user_id, pending, claimed, config, sums_at))
+        by_item[pending.item_id] = [p for p in by_item[pending.item_id] if p is not pending]
+    state.pending = [p for p in state.pending if p.event_id not in done]
 
 
-def _flagged_during(state: UserState, pending: Pending, config: StateConfig) -> bool:
-    # Excluded when the user was flagged at any point of the impression's label window.
-    start, end = pending.timestamp, pending.timestamp + config.label_window_s
-    return bool(state.flagged_since <= end and start <= state.flagged_until)
-
-
-def _example(user_id: str, pending: Pending) -> Example:
-    label = label_of(pending.kinds)
-    delay = None if pending.label_ts is None else pending.label_ts - pending.timestamp
+def _example(
+    state: UserState,
+    user_id: str,
+    pending: Pending,
+    claimed: list[Reaction],
+    config: StateConfig,
+    sums_at: dict[int, tuple[Sums, Sums]],
+) -> Example:
+    cut = cut_of(pending.timestamp, config)
+    # Its own feedback is never among its features: feedback up to JOIN_SKEW_S before the
+    # impression can fall before the cut.
+    minus: Counter[str] = Counter()
+    for reaction in claimed:
+        if cut_of(reaction.timestamp, config) < cut:
+            totals, named = feedback_counters(reaction.kind, reaction.creator_id,
+                                              reaction.category)  # fmt: skip
+            minus.update(totals + named)
+    if minus:
+        short, long = window_sums(state, config, cut, minus)
+    else:
+        cached = sums_at.get(cut)
+        if cached is None:
+            cached = sums_at[cut] = window_sums(state, config, cut)
+        short, long = cached
+    row = feature_row(short, long, pending.item_id, pending.creator_id, pending.category)
+    kinds = tuple(r.kind for r in sorted(claimed, key=lambda r: (r.timestamp, r.event_id)))
+    label = label_of(kinds)
+    label_ts = max((r.timestamp for r in claimed), default=None)
     return Example(
         example_id=pending.event_id,
         user_id=user_id,
@@ -243,32 +358,60 @@ def _example(user_id: str, pending: Pending) -> Example:
         creator_id=pending.creator_id,
         category=pending.category,
         request_id=pending.request_id,
-        kinds=pending.kinds,
-        features=pending.features,
-        label_delay_s=delay,
+        kinds=kinds,
+        features=dict(zip(FEATURE_NAMES, row, strict=True)),
+        label_delay_s=None if label_ts is None else label_ts - pending.timestamp,
     )
 
 
-def _expire(state: UserState, config: StateConfig) -> None:
-    short, long = (
-        windows.window_buckets(state.clock, config.window_short_s, config.window_step_s),
-        windows.window_buckets(state.clock, config.window_long_s, config.long_step_s),
-    )
-    windows.expire(state.short, short.start)
-    windows.expire(state.long, long.start)
+#: A flagged user's examples are excluded while its negatives outnumber its impressions by
+#: this much in the short window: a bot's flood, not a heavy user skipping through a feed.
+FLOOD_RATIO = 2.0
+
+
+def _flagged_during(state: UserState, pending: Pending, config: StateConfig) -> bool:
+    # Excluded when the user was flagged (over ``abuse_negative_cap`` negatives in the short
+    # window) at any point of the impression's label window and flooded negatives without
+    # matching impressions then. Both use only events up to the window's end, all read by the
+    # time the impression is labelled, so the verdict does not depend on the read order.
+    start, end = pending.timestamp, pending.timestamp + config.label_window_s
+    if not (state.flagged_since <= end and start <= state.flagged_until):
+        return False
+    short, _ = window_sums(state, config, cut_of(end, config) + 1)
+    return short.get(counters.NEGATIVES) > FLOOD_RATIO * short.get(counters.IMPRESSIONS)
+
+
+def _expire(state: UserState, config: StateConfig, watermark: float, out: Outputs) -> None:
+    # Buckets are kept for every cut still to come: open impressions' and any event not
+    # late at this watermark.
+    horizon = cut_of(max(0.0, watermark - config.grace_s), config)
+    if state.pending:
+        horizon = min(horizon, min(cut_of(p.timestamp, config) for p in state.pending))
+    windows.expire(state.fine, oldest_fine_needed(horizon, config))
+    windows.expire(state.long, oldest_long_needed(horizon, config))
+    _trim_seen(state, config, out)
+    clock = feedback_clock(state)
+    if any(s.expires_at <= clock for s in state.suppressions):
+        state.suppressions = [s for s in state.suppressions if s.expires_at > clock]
+
+
+def _trim_seen(state: UserState, config: StateConfig, out: Outputs) -> None:
+    """Merge the young dedupe ids into the old ones every :data:`SEEN_YOUNG`; expired and
+    (past ``dedup_max_per_user``) the oldest ids go then. Amortised O(1) an event."""
+    if len(state.seen) <= SEEN_YOUNG:
+        return
     horizon = state.clock - config.dedup_ttl_s
-    seen = state.seen
-    # min() scans in C; rebuild the dict only when an entry has expired.
-    if seen and min(seen.values()) < horizon:
-        seen = {k: v for k, v in seen.items() if v >= horizon}
-    if len(seen) > config.dedup_max_per_user:
-        seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-config.dedup_max_per_user :])
-    state.seen = seen
-    state.suppressions = [s for s in state.suppressions if s.expires_at > state.clock]
+    old = {k: v for k, v in state.seen_old.items() if v >= horizon}
+    old.update(state.seen)
+    overflow = len(old) - config.dedup_max_per_user
+    if overflow > 0:
+        out.counts["capped:dedupe_ids"] += overflow
+        old = dict(sorted(old.items(), key=lambda kv: kv[1])[overflow:])
+    state.seen_old, state.seen = old, {}
 
 
 __all__ = [
-    "NO_REACTION",
+    "JOIN_SKEW_S",
     "Event",
     "Outputs",
     "advance",

@@ -7,9 +7,8 @@ from typing import Any
 
 from schemas.events import Suppression
 
-#: Version of :meth:`UserState.to_wire`'s format. Version 0 is the same layout without the
-#: ``version`` field (states written before it existed); both are read.
-WIRE_VERSION = 1
+#: Version of :meth:`UserState.to_wire`'s format; older versions are read too.
+WIRE_VERSION = 2
 
 #: A window's buckets: bucket index (as a string, the JSON key) to counter name to count.
 Buckets = dict[str, dict[str, int]]
@@ -17,7 +16,7 @@ Buckets = dict[str, dict[str, int]]
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """An impression whose label window is open, with its features as of its arrival."""
+    """An impression whose label window is open."""
 
     event_id: str
     item_id: str
@@ -25,62 +24,60 @@ class Pending:
     category: str | None
     request_id: str | None
     timestamp: float
-    features: dict[str, float]
-    kinds: tuple[str, ...] = ()
-    label_ts: float | None = None
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> list[Any]:
         """The JSON-able form."""
-        return {
-            "event_id": self.event_id,
-            "item_id": self.item_id,
-            "creator_id": self.creator_id,
-            "category": self.category,
-            "request_id": self.request_id,
-            "timestamp": self.timestamp,
-            "kinds": list(self.kinds),
-            "label_ts": self.label_ts,
-            "features": self.features,
-        }
+        return [
+            self.event_id, self.item_id, self.creator_id, self.category, self.request_id,
+            self.timestamp,
+        ]  # fmt: skip
 
     @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> Pending:
-        """Read :meth:`to_wire`'s form."""
-        return cls(
-            wire["event_id"],
-            wire["item_id"],
-            wire.get("creator_id"),
-            wire.get("category"),
-            wire.get("request_id"),
-            float(wire["timestamp"]),
-            dict(wire.get("features") or {}),
-            tuple(wire.get("kinds") or ()),
-            wire.get("label_ts"),
-        )
+    def from_wire(cls, wire: list[Any] | dict[str, Any]) -> Pending:
+        """Read :meth:`to_wire`'s form (or version 1's dict)."""
+        if isinstance(wire, dict):
+            return cls(
+                wire["event_id"], wire["item_id"], wire.get("creator_id"), wire.get("category"),
+                wire.get("request_id"), float(wire["timestamp"]),
+            )  # fmt: skip
+        event_id, item_id, creator_id, category, request_id, timestamp = wire
+        return cls(event_id, item_id, creator_id, category, request_id, float(timestamp))
 
 
 @dataclass(frozen=True, slots=True)
-class Orphan:
-    """A feedback event whose impression has not been read (yet)."""
+class Reaction:
+    """A feedback event kept for the label join until no open impression can claim it."""
 
+    event_id: str
     item_id: str
     request_id: str | None
     kind: str
     timestamp: float
+    creator_id: str | None
+    category: str | None
+    #: Whether an impression took it as (part of) its label.
+    claimed: bool = False
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> list[Any]:
         """The JSON-able form."""
-        return {
-            "item_id": self.item_id,
-            "request_id": self.request_id,
-            "kind": self.kind,
-            "timestamp": self.timestamp,
-        }
+        return [
+            self.event_id, self.item_id, self.request_id, self.kind, self.timestamp,
+            self.creator_id, self.category, self.claimed,
+        ]  # fmt: skip
 
     @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> Orphan:
-        """Read :meth:`to_wire`'s form."""
-        return cls(wire["item_id"], wire.get("request_id"), wire["kind"], float(wire["timestamp"]))
+    def from_wire(cls, wire: list[Any] | dict[str, Any]) -> Reaction:
+        """Read :meth:`to_wire`'s form (or version 1's orphan dict)."""
+        if isinstance(wire, dict):
+            return cls(
+                "", wire["item_id"], wire.get("request_id"), wire["kind"],
+                float(wire["timestamp"]), None, None,
+            )  # fmt: skip
+        event_id, item_id, request_id, kind, timestamp, creator_id, category, claimed = wire
+        return cls(
+            event_id, item_id, request_id, kind, float(timestamp), creator_id, category,
+            bool(claimed),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,26 +98,32 @@ class Candidate:
         return cls(wire["item_id"], wire.get("creator_id"), wire.get("category"))
 
 
-def _suppression_wire(suppression: Suppression) -> dict[str, Any]:
-    return {
-        "target_type": suppression.target_type,
-        "target_id": suppression.target_id,
-        "penalty": suppression.penalty,
-        "expires_at": suppression.expires_at,
-        "reason": suppression.reason,
-    }
+def _suppression_wire(suppression: Suppression) -> list[Any]:
+    return [
+        suppression.target_type, suppression.target_id, suppression.penalty,
+        suppression.expires_at, suppression.reason,
+    ]  # fmt: skip
+
+
+def _suppression(wire: list[Any] | dict[str, Any]) -> Suppression:
+    if isinstance(wire, dict):
+        return Suppression(**wire)
+    target_type, target_id, penalty, expires_at, reason = wire
+    return Suppression(target_type, target_id, float(penalty), float(expires_at), reason)
 
 
 @dataclass(slots=True)
 class UserState:
-    """One user's tables, open label windows, candidates and suppressions.
+    """One user's tables, open label windows, reactions, candidates and suppressions.
 
     Stored states are never changed: the fold works on :meth:`copy` and stores the copy, so
-    a reader on another thread (the fast lane) always sees a whole state.
+    a reader on another thread (the fast lane) always sees a whole state. Every collection
+    is capped (see :class:`~agents.state.config.StateConfig`), so a copy costs the same for
+    a user with years of history as for a new one.
 
     Examples
     --------
-    >>> state = UserState(clock=5.0, partition=2)
+    >>> state = UserState(clock=5.0, partition=2, seen={"e1": 4.0})
     >>> UserState.from_wire(state.to_wire()) == state
     True
     """
@@ -128,12 +131,16 @@ class UserState:
     clock: float = 0.0
     #: Newest accepted event time per input (``"impression"``, ``"feedback"``).
     topic_clock: dict[str, float] = field(default_factory=dict)
-    #: Event id -> event time, for dedupe.
+    #: Recent event ids -> event time, for dedupe; merged into :attr:`seen_old` in chunks so
+    #: that a copy only copies the recent ones.
     seen: dict[str, float] = field(default_factory=dict)
-    short: Buckets = field(default_factory=dict)
+    #: Older event ids; never changed in place (replaced whole when merged).
+    seen_old: dict[str, float] = field(default_factory=dict)
+    #: Step-sized buckets (``window_step_s``) of the recent past, and long-window buckets.
+    fine: Buckets = field(default_factory=dict)
     long: Buckets = field(default_factory=dict)
     pending: list[Pending] = field(default_factory=list)
-    orphans: list[Orphan] = field(default_factory=list)
+    reactions: list[Reaction] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     suppressions: list[Suppression] = field(default_factory=list)
     flagged_since: float = 0.0
@@ -142,21 +149,25 @@ class UserState:
     partition: int = 0
     watermark: float = 0.0
 
+    def has_seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` was folded in (or dropped as late) recently."""
+        return event_id in self.seen or event_id in self.seen_old
+
     def copy(self) -> UserState:
         """A copy whose containers the fold may change.
 
-        Window buckets are shared until written (the fold copies the one it adds to: a
-        user's state holds up to 58 buckets, and a batch writes one or two); list entries
-        are immutable.
+        Window buckets are shared until written (the fold copies the one it adds to), and
+        :attr:`seen_old` until merged; list entries are immutable.
         """
         return UserState(
             self.clock,
             dict(self.topic_clock),
             dict(self.seen),
-            dict(self.short),
+            self.seen_old,
+            dict(self.fine),
             dict(self.long),
             list(self.pending),
-            list(self.orphans),
+            list(self.reactions),
             list(self.candidates),
             list(self.suppressions),
             self.flagged_since,
@@ -172,10 +183,11 @@ class UserState:
             "clock": self.clock,
             "topic_clock": self.topic_clock,
             "seen": self.seen,
-            "short": self.short,
+            "seen_old": self.seen_old,
+            "fine": self.fine,
             "long": self.long,
             "pending": [p.to_wire() for p in self.pending],
-            "orphans": [o.to_wire() for o in self.orphans],
+            "reactions": [r.to_wire() for r in self.reactions],
             "candidates": [c.to_wire() for c in self.candidates],
             "suppressions": [_suppression_wire(s) for s in self.suppressions],
             "flagged_since": self.flagged_since,
@@ -189,17 +201,18 @@ class UserState:
         """Read a changelog value of any known version."""
         version = wire.get("version", 0)
         if version > WIRE_VERSION:
-            raise ValueError(f"user state of wire version {version}; this worker reads <= 1")
+            raise ValueError(f"user state of wire version {version}; this worker reads <= 2")
         return cls(
             float(wire.get("clock", 0.0)),
             dict(wire.get("topic_clock") or {}),
             dict(wire.get("seen") or {}),
-            dict(wire.get("short") or {}),
+            dict(wire.get("seen_old") or {}),
+            dict(wire.get("fine") or wire.get("short") or {}),
             dict(wire.get("long") or {}),
             [Pending.from_wire(p) for p in wire.get("pending") or ()],
-            [Orphan.from_wire(o) for o in wire.get("orphans") or ()],
+            [Reaction.from_wire(r) for r in wire.get("reactions") or wire.get("orphans") or ()],
             [Candidate.from_wire(c) for c in wire.get("candidates") or ()],
-            [Suppression(**s) for s in wire.get("suppressions") or ()],
+            [_suppression(s) for s in wire.get("suppressions") or ()],
             float(wire.get("flagged_since", 0.0)),
             float(wire.get("flagged_until", 0.0)),
             int(wire.get("partition", 0)),

@@ -1,12 +1,21 @@
-"""The fast path: strong explicit negatives become suppressions at once, before any model."""
+"""The fast path: strong explicit negatives become suppressions at once, before any model.
+
+Suppressions age by their feedback's event time: each expires ``suppression_ttl_s`` (the
+item) or ``creator_suppression_ttl_s`` (creator, category) after the feedback that made it,
+and is dropped once the user's newest feedback is past that. A user keeps at most
+``max_suppressions`` (past it the weakest, then the soonest expiring, go); a score update
+carries at most ``max_update_suppressions`` (its own new ones first, then the strongest).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 
-from agents.state import counters, windows
+from agents.state import counters
 from agents.state.config import StateConfig
+from agents.state.features import cut_of, window_sums
 from agents.state.state import UserState
 from schemas.events import Feedback, ScoreUpdate, Suppression
 from schemas.kinds import CREATOR_TARGETED, STRONG_NEGATIVE
@@ -19,44 +28,102 @@ CREATOR_PENALTY = 0.8
 CATEGORY_PENALTY = 0.5
 
 
-def fast_path_update(state: UserState, fb: Feedback, config: StateConfig) -> ScoreUpdate | None:
-    """Suppressions for a strong negative, recorded in ``state``; ``None`` for other kinds.
+def suppressions_for(
+    state: UserState | None,
+    fb: Feedback,
+    config: StateConfig,
+    more_creator: int = 0,
+    more_category: int = 0,
+) -> list[Suppression]:
+    """The suppressions a strong negative makes (none for other kinds).
 
     The item is always suppressed; its creator when the kind targets the creator
-    (:data:`~schemas.kinds.CREATOR_TARGETED`) or the user repeated explicit negatives on it,
-    and its category on repeats. Each carries a penalty in [0, 1], an event-time expiry and
-    the reason.
+    (:data:`~schemas.kinds.CREATOR_TARGETED`) or the user repeated negatives on it within the
+    long window ending at the feedback's step, and its category on repeats. ``state`` must
+    already count ``fb``; ``more_*`` are negatives on its creator / category it does not
+    count yet (the fast lane's events the input pipeline has not applied). Each suppression
+    carries a penalty in [0, 1], an expiry by the feedback's event time and its reason.
     """
     if fb.kind not in STRONG_NEGATIVE:
-        return None
-    long = windows.window_buckets(state.clock, config.window_long_s, config.long_step_s)
+        return []
     new = [
         Suppression(
             "item", fb.item_id, ITEM_PENALTY, fb.timestamp + config.suppression_ttl_s, fb.kind
         )
     ]
+    long = None
+    if state is not None and (fb.creator_id is not None or fb.category is not None):
+        _, long = window_sums(state, config, cut_of(fb.timestamp, config) + 1)
     group_expiry = fb.timestamp + config.creator_suppression_ttl_s
     if fb.creator_id is not None:
-        repeats = windows.total(state.long, long, counters.creator_negatives(fb.creator_id))
+        repeats = more_creator
+        if long is not None:
+            repeats += long.get(counters.creator_negatives(fb.creator_id))
         if fb.kind in CREATOR_TARGETED:
             new.append(Suppression("creator", fb.creator_id, 1.0, group_expiry, fb.kind))
         elif repeats >= CREATOR_REPEAT:
             reason = f"repeated_negatives:{repeats}"
             new.append(Suppression("creator", fb.creator_id, CREATOR_PENALTY, group_expiry, reason))
     if fb.category is not None:
-        repeats = windows.total(state.long, long, counters.category_negatives(fb.category))
+        repeats = more_category
+        if long is not None:
+            repeats += long.get(counters.category_negatives(fb.category))
         if repeats >= CATEGORY_REPEAT:
             reason = f"repeated_negatives:{repeats}"
             new.append(Suppression("category", fb.category, CATEGORY_PENALTY, group_expiry, reason))
-    state.suppressions = list(merge(state.suppressions, new, replace_weaker=True))
+    return new
+
+
+def fast_path_update(
+    state: UserState, fb: Feedback, config: StateConfig, counts: Counter[str] | None = None
+) -> ScoreUpdate | None:
+    """Suppressions for a strong negative, recorded in ``state``; ``None`` for other kinds.
+
+    Suppressions dropped by the per-user cap are counted in ``counts["capped:suppressions"]``.
+    """
+    new = suppressions_for(state, fb, config)
+    if not new:
+        return None
+    kept = merge(state.suppressions, new, replace_weaker=True)
+    if len(kept) > config.max_suppressions and counts is not None:
+        counts["capped:suppressions"] += len(kept) - config.max_suppressions
+    state.suppressions = list(strongest(kept, config.max_suppressions))
     return ScoreUpdate(
         user_id=fb.user_id,
         source="fast_path",
         model_version=-1,
         timestamp=fb.timestamp,
         trigger_event_ids=(fb.event_id,),
-        suppressions=active_suppressions(state),
+        suppressions=for_update(new, active_suppressions(state), config),
     )
+
+
+def for_update(
+    new: Iterable[Suppression], others: Iterable[Suppression], config: StateConfig
+) -> tuple[Suppression, ...]:
+    """What one update carries: ``new`` first, then the strongest of ``others``, at most
+    ``max_update_suppressions`` in all, one per target."""
+    chosen: dict[tuple[str, str], Suppression] = {}
+    for suppression in new:
+        chosen[(suppression.target_type, suppression.target_id)] = suppression
+    room = config.max_update_suppressions - len(chosen)
+    for suppression in strongest(others, len(chosen) + max(0, room)):
+        key = (suppression.target_type, suppression.target_id)
+        if key not in chosen and room > 0:
+            chosen[key] = suppression
+            room -= 1
+    return tuple(chosen.values())
+
+
+def strongest(suppressions: Iterable[Suppression], count: int) -> tuple[Suppression, ...]:
+    """At most ``count`` suppressions: the highest penalties, then the latest expiries;
+    in their original order."""
+    listed = list(suppressions)
+    if len(listed) <= count:
+        return tuple(listed)
+    ranked = sorted(range(len(listed)), key=lambda i: (-listed[i].penalty, -listed[i].expires_at))
+    keep = sorted(ranked[:count])
+    return tuple(listed[i] for i in keep)
 
 
 def merge(
@@ -103,6 +170,12 @@ def merge(
     return tuple(merged.values())
 
 
+def feedback_clock(state: UserState) -> float:
+    """Event time of the user's newest feedback: what suppressions age by."""
+    return state.topic_clock.get("feedback", 0.0)
+
+
 def active_suppressions(state: UserState) -> tuple[Suppression, ...]:
-    """The user's suppressions that have not expired at their clock."""
-    return tuple(s for s in state.suppressions if s.expires_at > state.clock)
+    """The user's suppressions that have not expired by their newest feedback's time."""
+    clock = feedback_clock(state)
+    return tuple(s for s in state.suppressions if s.expires_at > clock)

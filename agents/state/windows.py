@@ -1,9 +1,8 @@
-"""Hopping event-time windows over per-user counters, kept as step-sized buckets."""
+"""Event-time window buckets of per-user counters."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 
 def bucket_of(timestamp: float, step: float) -> int:
@@ -30,11 +29,32 @@ def window_buckets(clock: float, size: float, step: float) -> range:
     return range(last - count + 1, last + 1)
 
 
-def add(buckets: dict[str, dict[str, int]], index: int, counts: Iterable[str]) -> None:
-    """Add one to each counter name in ``counts`` inside bucket ``index``."""
-    bucket = buckets.setdefault(str(index), {})
-    for name in counts:
+def add(bucket: dict[str, int], totals: list[str], named: list[str], source: str, cap: int) -> int:
+    """Add one to each name of ``totals``, and of ``named`` while the bucket holds fewer than
+    ``cap`` distinct names from ``source`` (a key of the bucket counting them); return how
+    many of ``named`` were left out.
+
+    Examples
+    --------
+    >>> bucket = {}
+    >>> add(bucket, ["imp"], ["i:a", "i:b"], "#i", cap=1), bucket
+    (1, {'imp': 1, '#i': 1, 'i:a': 1})
+    """
+    for name in totals:
         bucket[name] = bucket.get(name, 0) + 1
+    left_out = 0
+    for name in named:
+        count = bucket.get(name)
+        if count is not None:
+            bucket[name] = count + 1
+            continue
+        distinct = bucket.get(source, 0)
+        if distinct >= cap:
+            left_out += 1
+            continue
+        bucket[source] = distinct + 1
+        bucket[name] = 1
+    return left_out
 
 
 def total(buckets: dict[str, dict[str, int]], window: range, name: str) -> int:
@@ -84,14 +104,3 @@ def expire(buckets: dict[str, dict[str, int]], oldest: int) -> int:
     for key in stale:
         del buckets[key]
     return len(stale)
-
-
-def long_step(size: float, step: float, max_buckets: int = 48) -> float:
-    """Bucket size of a long window: the hop, widened so it spans at most ``max_buckets``.
-
-    Examples
-    --------
-    >>> long_step(86_400.0, 60.0), long_step(600.0, 60.0)
-    (1800.0, 60.0)
-    """
-    return max(step, size / max_buckets)
