@@ -30,8 +30,20 @@ install: $(STAMP) ## create .venv and install negstream with its dev extras
 demo: $(STAMP) ## embedded broker + worker + simulated events; prints scores, drift, dead letters
 	@$(BIN)/negstream demo
 
-test: $(STAMP) lint ## lint, then the whole test suite (starts its own embedded broker)
+test: $(STAMP) lint prometheus ## lint, then the whole test suite (starts its own embedded broker)
 	@$(BIN)/pytest -q --doctest-modules schemas model agents simulator tests
+
+# The `prometheus`-marked test runs the prometheus and promtool binaries: installed quietly
+# from the OS packages where apt-get is available (as root, or through password-less sudo);
+# elsewhere that test is skipped with a message saying how to install them.
+.PHONY: prometheus
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ! command -v apt-get >/dev/null || { \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+	  echo "installing prometheus (apt-get) for the prometheus test"; \
+	  { $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null 2>&1 \
+	    || echo "could not install prometheus; the prometheus test will be skipped"; }
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	@$(BIN)/ruff check .

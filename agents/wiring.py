@@ -22,6 +22,7 @@ from agents.state.features import table_view
 from agents.state.state import UserState
 from agents.trainer import Trainer
 from agents.watermarks import Watermarks
+from streams import metrics
 from streams.app import recovery_done, recovery_ended_at
 from streams.bulk import BulkSource
 from streams.loop_lag import watch_event_loop
@@ -111,6 +112,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
+        metrics.PARTITION_ASSIGNMENTS.inc()
         pipeline.on_assigned()
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
         lane.assign(tp.partition for tp in assigned if tp.topic == pipeline.feedback_topic)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer
 
 from negstream.producer import make_producer
+from negstream.status import Samples, Status, parse_metrics
 from streams.admin import ensure_topics
 from streams.broker import (
     BrokerError,
@@ -32,15 +38,34 @@ DEMO_ENV = {
     "NEGSTREAM_IDLE_FLUSH_S": "1",
     "NEGSTREAM_DRIFT_INTERVAL_S": "10",
     "NEGSTREAM_TRAIN_BATCH_SIZE": "256",
+    # 2^15 embedding rows instead of 2^18: the simulated world's 1,000 users and 5,000 items
+    # fit (README, The model path) and a checkpoint is about 20 MB instead of 153 MB.
+    "NEGSTREAM_MODEL_BUCKETS": str(2**15),
     "NEGSTREAM_LOG_LEVEL": "warn",
 }
 
+#: Kinds of printed lines, each limited to ``--lines`` between two status lines.
+KINDS = ("suppression", "scores", "dead-letter", "drift")
+#: Plural names of the kinds, for the "not shown" count of the status line.
+PLURALS = {
+    "suppression": "suppressions",
+    "scores": "score updates",
+    "dead-letter": "dead letters",
+    "drift": "drift reports",
+}
+#: Suppressions remembered to print each once: the fast lane and the input pipeline both
+#: publish a strong negative's update, and every later update of the user repeats it.
+SEEN_SUPPRESSIONS = 100_000
+
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run until Ctrl-C (or ``--duration`` seconds); leave nothing running."""
+    """Run until Ctrl-C (or ``--duration`` seconds); leave nothing running, and nothing on
+    disk unless ``--keep``."""
     data_dir = tempfile.mkdtemp(prefix="negstream-demo-")
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     broker = EmbeddedBroker(log_path=os.path.join(data_dir, "broker.log"))
     worker: subprocess.Popen[bytes] | None = None
+    producer: threading.Thread | None = None
     stop = threading.Event()
     try:
         broker.start()
@@ -64,24 +89,31 @@ def run_demo(args: argparse.Namespace) -> int:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
+        kept = "kept at exit" if args.keep else "removed at exit; --keep keeps them"
         print("negstream demo")
         print(f"  broker   {broker.url} (embedded Tansu, memory storage)")
         print(f"  metrics  http://{settings.metrics_host}:{metrics_port}/metrics")
-        print(f"  logs     {worker_log}")
+        print(f"  files    {data_dir} (worker.log, broker.log, checkpoints; {kept})")
         print(f"  stream   simulated users, {args.rate:.0f} events/s, ~1% malformed on purpose")
+        print(f"  output   at most {args.lines} lines of each kind, then a status line, every "
+              f"{args.status_every:g} s")  # fmt: skip
         print("  Ctrl-C stops worker and broker.\n", flush=True)
         _wait_ready(worker, settings.metrics_host, metrics_port, worker_log)
         producer = threading.Thread(
             target=_produce, args=(settings, args.rate, stop), name="simulator", daemon=True
         )
         producer.start()
-        _show(settings, worker, stop, args.duration)
+        metrics_url = f"http://{settings.metrics_host}:{metrics_port}/metrics"
+        view = DemoView(settings, metrics_url, args.lines, args.status_every)
+        view.run(worker, stop, args.duration)
         return 0
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0
     finally:
         stop.set()
+        if producer is not None:
+            producer.join(10)
         if worker is not None and worker.poll() is None:
             worker.terminate()
             try:
@@ -90,7 +122,18 @@ def run_demo(args: argparse.Namespace) -> int:
                 worker.kill()
                 worker.wait()
         broker.stop()
-        print("demo stopped: worker and broker are down.", flush=True)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if args.keep:
+            print(f"demo stopped: worker and broker are down; files kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+            print(f"demo stopped: worker and broker are down; {data_dir} removed")
+        sys.stdout.flush()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM ends the demo like Ctrl-C: through the cleanup above.
+    raise KeyboardInterrupt
 
 
 def _wait_ready(worker: subprocess.Popen[bytes], host: str, port: int, log: str) -> None:
@@ -129,73 +172,179 @@ def _produce(settings: Settings, rate: float, stop: threading.Event) -> None:
         producer.close(timeout=5)
 
 
-def _show(
-    settings: Settings, worker: subprocess.Popen[bytes], stop: threading.Event, duration: float
-) -> None:
-    names = {
-        settings.topic("scores"): "scores",
-        settings.topic("dead_letters"): "dead-letter",
-        settings.topic("drift"): "drift",
-        settings.topic("examples"): "examples",
-    }
-    consumer = KafkaConsumer(
-        *names,
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=500,
-    )
-    deadline = time.monotonic() + duration if duration else None
-    labels: Counter[str] = Counter()
-    shown: Counter[tuple[str, int]] = Counter()
-    last_summary = time.monotonic()
-    try:
-        while not stop.is_set():
-            if worker.poll() is not None:
-                print(f"worker exited with status {worker.returncode}; see its log", flush=True)
-                return
-            if deadline and time.monotonic() > deadline:
-                return
-            for message in consumer:
-                kind = names[message.topic]
-                value = orjson.loads(message.value)
-                if kind == "examples":
-                    labels[value["label"]] += 1
-                    continue
-                second = int(time.monotonic())
-                if shown[(kind, second)] < 3 or kind != "scores":
-                    shown[(kind, second)] += 1
-                    print(_describe(kind, value), flush=True)
-                if time.monotonic() - last_summary > 5:
-                    break
-            if time.monotonic() - last_summary > 5:
-                last_summary = time.monotonic()
-                total = sum(labels.values())
-                top = ", ".join(f"{k} {v}" for k, v in labels.most_common(5))
-                print(f"[training-examples] {total} published ({top})", flush=True)
-    finally:
-        consumer.close()
+class LineBudget:
+    """At most ``per_period`` lines of each kind between two status lines; counts the rest."""
+
+    def __init__(self, per_period: int) -> None:
+        self.per_period = per_period
+        self.shown: Counter[str] = Counter()
+        self.hidden: Counter[str] = Counter()
+
+    def allow(self, kind: str) -> bool:
+        """Whether a line of ``kind`` may be printed now (counted either way)."""
+        if self.shown[kind] < self.per_period:
+            self.shown[kind] += 1
+            return True
+        self.hidden[kind] += 1
+        return False
+
+    def close_period(self) -> str:
+        """What was not shown in the period now ending (``""`` when nothing); starts anew."""
+        text = ", ".join(
+            f"{self.hidden[kind]} {PLURALS[kind]}" for kind in KINDS if self.hidden[kind]
+        )
+        self.shown.clear()
+        self.hidden.clear()
+        return text
 
 
-def _describe(kind: str, value: dict[str, Any]) -> str:
+class FirstSeen:
+    """Remembers the last ``size`` keys it was shown."""
+
+    def __init__(self, size: int = SEEN_SUPPRESSIONS) -> None:
+        self.size = size
+        self.keys: dict[Hashable, None] = {}
+
+    def new(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        """The ``keys`` not seen before, in order; remembers them all.
+
+        Examples
+        --------
+        >>> seen = FirstSeen()
+        >>> seen.new(["a", "b"]), seen.new(["b", "c"]), seen.new(["a"])
+        (['a', 'b'], ['c'], [])
+        """
+        fresh = [key for key in dict.fromkeys(keys) if key not in self.keys]
+        self.keys.update(dict.fromkeys(fresh))
+        while len(self.keys) > self.size:
+            del self.keys[next(iter(self.keys))]
+        return fresh
+
+
+class DemoView:
+    """Prints the worker's outputs, each kind rate-limited, and a status line periodically."""
+
+    def __init__(
+        self, settings: Settings, metrics_url: str, lines: int, status_every: float
+    ) -> None:
+        self.settings = settings
+        self.metrics_url = metrics_url
+        self.status_every = status_every
+        self.budget = LineBudget(lines)
+        self.suppressions = FirstSeen()
+        self.kinds = {
+            settings.topic("scores"): "scores",
+            settings.topic("dead_letters"): "dead-letter",
+            settings.topic("drift"): "drift",
+        }
+
+    def run(self, worker: subprocess.Popen[bytes], stop: threading.Event, duration: float) -> None:
+        """Until ``stop``, ``duration`` seconds (0: for ever) or the worker's exit."""
+        consumer = KafkaConsumer(
+            *self.kinds,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        started = time.monotonic()
+        deadline = started + duration if duration else math.inf
+        scraped = (started, self._scrape())
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    print(f"worker exited with status {worker.returncode}; see its log", flush=True)
+                    return
+                for records in consumer.poll(timeout_ms=200, max_records=1000).values():
+                    for record in records:
+                        self.show(self.kinds[record.topic], orjson.loads(record.value))
+                if time.monotonic() - scraped[0] >= self.status_every:
+                    scraped = self._status(started, scraped)
+        finally:
+            consumer.close()
+
+    def show(self, kind: str, value: dict[str, Any]) -> None:
+        """Print one output record, unless its kind has used up its lines."""
+        if kind == "scores" and value["source"] == "fast_path":
+            user = value["user_id"]
+            fresh = self.suppressions.new(
+                (user, s["target_type"], s["target_id"]) for s in value.get("suppressions", [])
+            )
+            if not fresh:
+                return
+            kind = "suppression"
+            value = {**value, "suppressions": [
+                s for s in value["suppressions"]
+                if (user, s["target_type"], s["target_id"]) in fresh
+            ]}  # fmt: skip
+        if self.budget.allow(kind):
+            print(describe(kind, value), flush=True)
+
+    def _scrape(self) -> Samples:
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+                return parse_metrics(response.read().decode())
+        except OSError:
+            return {}
+
+    def _status(self, started: float, last: tuple[float, Samples]) -> tuple[float, Samples]:
+        now, samples = time.monotonic(), self._scrape()
+        if samples and last[1]:
+            line = Status.between(last[1], samples, now - last[0], self.settings).describe()
+        else:
+            line = "worker metrics unavailable"
+        hidden = self.budget.close_period()
+        suffix = f" | not shown: {hidden}" if hidden else ""
+        print(f"[status {now - started:5.0f}s] {line}{suffix}", flush=True)
+        return now, samples
+
+
+def describe(kind: str, value: dict[str, Any]) -> str:
+    """One line for an output record of ``kind`` (see :data:`KINDS`)."""
     if kind == "dead-letter":
         return (
             f"[dead-letter] {value['reason']:<22} from {value['topic']}/{value['partition']}"
             f"@{value['offset']}: {value['detail'][:70]}"
         )
     if kind == "drift":
-        alerts = ", ".join(
-            f"{a['metric']}={a['value']:.3f}>{a['threshold']}" for a in value["alerts"]
+        return _describe_drift(value)
+    if kind == "suppression":
+        suppressions = ", ".join(
+            f"{s['target_type']} {s['target_id']} ({s['reason']})"
+            for s in value.get("suppressions", [])[:3]
         )
-        figures = ", ".join(f"{k}={v:.3f}" for k, v in list(value["metrics"].items())[:6])
-        return f"[drift] {value['scope']} v{value['model_version']}: {figures}" + (
-            f"  ALERT {alerts}" if alerts else ""
-        )
-    suppressions = ", ".join(
-        f"{s['target_type']} {s['target_id']} (penalty {s['penalty']:.1f}, {s['reason']})"
-        for s in value.get("suppressions", [])[:3]
-    )
-    if value["source"] == "fast_path":
-        return f"[scores] {value['user_id']} fast path: suppress {suppressions}"
+        return f"[suppress] {value['user_id']}: {suppressions}"
     top = ", ".join(f"{s['item_id']} p_neg={s['p_negative']:.2f}" for s in value["scores"][:3])
     return f"[scores] {value['user_id']} model v{value['model_version']}: {top}"
+
+
+#: Drift figures shown, with their label and format.
+DRIFT_FIGURES = (
+    ("examples", "examples", "{:,.0f}"),
+    ("negative_rate", "negative rate", "{:.3f}"),
+    ("psi_p_negative", "PSI p_negative", "{:.3f}"),
+    ("psi_user_negative_rate", "PSI user rates", "{:.3f}"),
+    ("prequential:negative/auc", "AUC", "{:.3f}"),
+)
+
+
+def _describe_drift(value: dict[str, Any]) -> str:
+    """
+    Examples
+    --------
+    >>> _describe_drift({"model_version": 7, "alerts": [], "metrics": {
+    ...     "examples": 1670.0, "negative_rate": 0.2, "prequential:negative/auc": 0.61}})
+    '[drift] model v7: examples 1,670 | negative rate 0.200 | AUC 0.610'
+    """
+    figures = value["metrics"]
+    shown = " | ".join(
+        f"{label} {form.format(figures[name])}"
+        for name, label, form in DRIFT_FIGURES
+        if name in figures
+    )
+    alerts = ", ".join(
+        f"{a['metric']} {a['value']:.3f} > {a['threshold']:g} ({a['level']})"
+        for a in value["alerts"]
+    )
+    return f"[drift] model v{value['model_version']}: {shown}" + (
+        f"  ALERT {alerts}" if alerts else ""
+    )

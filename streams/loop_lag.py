@@ -21,12 +21,15 @@ LOG_EVERY_S = 10.0
 async def watch_event_loop(interval_s: float = INTERVAL_S, warn_s: float = WARN_S) -> None:
     """Observe ``negstream_event_loop_lag_seconds`` for ever; warn when the loop was held."""
     loop = asyncio.get_running_loop()
-    last_log, held, worst = 0.0, 0, 0.0
+    last_log, held, worst, longest = 0.0, 0, 0.0, 0.0
     while True:
         started = loop.time()
         await asyncio.sleep(interval_s)
         lag = max(0.0, loop.time() - started - interval_s)
         metrics.EVENT_LOOP_LAG.observe(lag)
+        if lag > longest:
+            longest = lag
+            metrics.EVENT_LOOP_LAG_MAX.set(lag)
         if lag > warn_s:
             held, worst = held + 1, max(worst, lag)
             now = time.monotonic()

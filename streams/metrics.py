@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from schemas.kinds import ALL_KINDS, NO_REACTION, kind_group
+from schemas.validation import REASONS
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -13,6 +16,9 @@ EVENTS = Counter(
     "(accepted, duplicate, late, repartitioned, dead_letter).",
     ["type", "outcome"],
 )
+#: The ``type`` and ``outcome`` labels of :data:`EVENTS` (and ``topic`` of input gaps).
+INPUT_TYPES = ("impression", "feedback")
+EVENT_OUTCOMES = ("accepted", "duplicate", "late", "repartitioned", "dead_letter")
 DEAD_LETTERS = Counter(
     "negstream_dead_letters_total", "Messages sent to dead-letters, by reason.", ["reason"]
 )
@@ -39,9 +45,11 @@ INPUT_OFFSET_GAPS = Counter(
 EXAMPLES = Counter(
     "negstream_examples_total", "Training examples published, by label group.", ["label_group"]
 )
+LABEL_GROUPS = (*sorted({kind_group(kind) for kind in ALL_KINDS}), NO_REACTION)
 EXCLUDED_EXAMPLES = Counter(
     "negstream_examples_excluded_total", "Examples withheld from training, by reason.", ["reason"]
 )
+EXCLUSION_REASONS = ("abuse_guard",)
 UNMATCHED_FEEDBACK = Counter(
     "negstream_unmatched_feedback_total", "Feedback whose impression never arrived in time."
 )
@@ -51,6 +59,7 @@ FLAGGED_USERS = Counter(
 SCORE_UPDATES = Counter(
     "negstream_score_updates_total", "ScoreUpdates published, by source.", ["source"]
 )
+SCORE_SOURCES = ("fast_path", "model")
 REFRESHES_WITHOUT_CANDIDATES = Counter(
     "negstream_refreshes_without_candidates_total",
     "Users queued for a model refresh that still had no candidates after the label window.",
@@ -61,12 +70,14 @@ FEEDBACK_TO_SCORE = Histogram(
     ["path"],
     buckets=LATENCY_BUCKETS,
 )
+SCORE_PATHS = ("fast", "model")
 GC_PAUSE = Histogram(
     "negstream_gc_pause_seconds",
     "Pauses of Python's cyclic garbage collector, by generation.",
     ["generation"],
     buckets=LATENCY_BUCKETS,
 )
+GC_GENERATIONS = ("0", "1", "2")
 FAST_LANE_PARTITIONS = Gauge(
     "negstream_fast_lane_partitions",
     "Feedback partitions the fast lane follows (0 while it is not running).",
@@ -128,3 +139,96 @@ LABEL_DELAY = Histogram(
     "Feedback time minus impression time of labelled examples.",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 300),
 )
+
+# --- the output producer (streams/output.py): every record negstream writes but the fast
+# lane's, which has a producer of its own (negstream_fast_lane_failures_total).
+OUTPUT_RECORDS = Counter(
+    "negstream_output_records_total",
+    "Output records the broker acknowledged, by topic (a record sent again after an error "
+    "counts again).",
+    ["topic"],
+)
+OUTPUT_BYTES = Counter(
+    "negstream_output_bytes_total",
+    "Key and value bytes of the output records the broker acknowledged, by topic.",
+    ["topic"],
+)
+OUTPUT_ERRORS = Counter(
+    "negstream_output_errors_total",
+    "Output records not acknowledged because a send failed, by topic and reason; they are "
+    "sent again until the broker takes them.",
+    ["topic", "reason"],
+)
+#: The ``reason`` label of :data:`OUTPUT_ERRORS` (see ``streams.output.error_reason``).
+OUTPUT_ERROR_REASONS = (
+    "timeout",
+    "unreachable",
+    "no_leader",
+    "not_enough_replicas",
+    "too_large",
+    "unauthorized",
+    "other",
+)
+OUTPUT_SEND_SECONDS = Histogram(
+    "negstream_output_send_seconds",
+    "Time from handing one delivery's records to the producer until the broker acknowledged "
+    "all of them, by topic.",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def start_output_topic(topic: str) -> None:
+    """Create ``topic``'s output series at 0, errors of every reason included."""
+    OUTPUT_RECORDS.labels(topic)
+    OUTPUT_BYTES.labels(topic)
+    OUTPUT_SEND_SECONDS.labels(topic)
+    for reason in OUTPUT_ERROR_REASONS:
+        OUTPUT_ERRORS.labels(topic, reason)
+
+
+STATE_CAPPED = Counter(
+    "negstream_state_capped_total",
+    "Entries a per-user cap left out or dropped, by collection (README: Per-user state).",
+    ["collection"],
+)
+CAPPED_COLLECTIONS = ("pending", "reactions", "suppressions", "dedupe_ids", "window_names")
+for _collection in CAPPED_COLLECTIONS:
+    STATE_CAPPED.labels(_collection)
+EVENT_LOOP_LAG_MAX = Gauge(
+    "negstream_event_loop_lag_max_seconds", "The longest the event loop was held since start."
+)
+PARTITION_ASSIGNMENTS = Counter(
+    "negstream_partition_assignments_total",
+    "Partition assignments this worker received (the first one, then one a rebalance).",
+)
+EVENT_LOOP_LAG = Histogram(
+    "negstream_event_loop_lag_seconds",
+    "How late the event loop ran a callback due now: the longest any task held it.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def _start_at_zero() -> None:
+    # A labelled series exists only once its labels are used: without this, a panel of
+    # dead letters by reason says "No data" instead of 0 until the first one, and a rate
+    # over it cannot tell "none yet" from "not scraped".
+    for kind in INPUT_TYPES:
+        INPUT_OFFSET_GAPS.labels(kind)
+        for outcome in EVENT_OUTCOMES:
+            EVENTS.labels(kind, outcome)
+    for reason in REASONS:
+        DEAD_LETTERS.labels(reason)
+    for group in LABEL_GROUPS:
+        EXAMPLES.labels(group)
+    for reason in EXCLUSION_REASONS:
+        EXCLUDED_EXAMPLES.labels(reason)
+    for source in SCORE_SOURCES:
+        SCORE_UPDATES.labels(source)
+    for path in SCORE_PATHS:
+        FEEDBACK_TO_SCORE.labels(path)
+    for generation in GC_GENERATIONS:
+        GC_PAUSE.labels(generation)
+
+
+_start_at_zero()

@@ -5,19 +5,26 @@ see DESIGN.md), which allows one record per partition per round trip. Examples a
 updates are sent through an :class:`OutputProducer` that batches them
 (``output_linger_ms``); a micro-batch's user states go to the changelog as one batch per
 partition with :meth:`OutputProducer.send_partition`.
+
+Every record sent is counted by topic in ``negstream_output_*`` (records and bytes the broker
+acknowledged, errors by reason, send latency of each delivery): see :mod:`streams.metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
+from streams import metrics
 from streams.app import broker_credentials
 from streams.settings import Settings
 
@@ -28,6 +35,59 @@ MAX_RETRY_DELAY_S = 5.0
 
 #: Largest output request: a dead letter carries up to the largest accepted payload.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+#: The ``reason`` label of a failed send, by aiokafka error class (first match wins).
+ERROR_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (kafka_errors.KafkaTimeoutError, "timeout"),
+    (kafka_errors.RequestTimedOutError, "timeout"),
+    (kafka_errors.KafkaConnectionError, "unreachable"),
+    (kafka_errors.NodeNotReadyError, "unreachable"),
+    (kafka_errors.BrokerNotAvailableError, "unreachable"),
+    (kafka_errors.KafkaUnavailableError, "unreachable"),
+    (kafka_errors.NotLeaderForPartitionError, "no_leader"),
+    (kafka_errors.LeaderNotAvailableError, "no_leader"),
+    (kafka_errors.UnknownTopicOrPartitionError, "no_leader"),
+    (kafka_errors.NotEnoughReplicasError, "not_enough_replicas"),
+    (kafka_errors.NotEnoughReplicasAfterAppendError, "not_enough_replicas"),
+    (kafka_errors.MessageSizeTooLargeError, "too_large"),
+    (kafka_errors.RecordListTooLargeError, "too_large"),
+    (kafka_errors.TopicAuthorizationFailedError, "unauthorized"),
+    (kafka_errors.ClusterAuthorizationFailedError, "unauthorized"),
+)
+
+
+def error_reason(error: BaseException) -> str:
+    """The ``reason`` label of ``negstream_output_errors_total`` for a failed send.
+
+    Examples
+    --------
+    >>> error_reason(kafka_errors.RequestTimedOutError()), error_reason(ValueError())
+    ('timeout', 'other')
+    """
+    for kind, reason in ERROR_REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "other"
+
+
+class _Tally:
+    """One topic's records within one delivery attempt: their futures, counts and bytes."""
+
+    __slots__ = ("futures", "records", "sizes")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Any]] = []
+        self.records: list[int] = []
+        self.sizes: list[int] = []
+
+    def add(self, future: asyncio.Future[Any], records: int, size: int) -> None:
+        self.futures.append(future)
+        self.records.append(records)
+        self.sizes.append(size)
+
+
+#: The tallies of the delivery attempt running in this task (see OutputProducer.deliver).
+_ATTEMPT: ContextVar[dict[str, _Tally] | None] = ContextVar("output_attempt", default=None)
 
 
 class OutputProducer:
@@ -75,10 +135,21 @@ class OutputProducer:
         """
         delay = 0.2
         while True:
+            # Each record sent inside ``send`` is tallied by topic for the output metrics; a
+            # context variable keeps concurrent deliveries (other tasks) apart.
+            attempt: dict[str, _Tally] = {}
+            token = _ATTEMPT.set(attempt)
+            started = time.perf_counter()
             try:
-                await asyncio.gather(*await send())
+                try:
+                    futures = await send()
+                finally:
+                    _ATTEMPT.reset(token)
+                await asyncio.gather(*futures)
+                _count_delivered(attempt, time.perf_counter() - started)
                 return
             except KafkaError as error:
+                _count_failed(attempt, error)
                 if self._closed:
                     raise
                 log.warning(
@@ -94,6 +165,7 @@ class OutputProducer:
         """Queue one record; the returned future resolves once the broker has it."""
         producer = await self._started()
         sent: asyncio.Future[Any] = await producer.send(topic, value, key=key, partition=partition)
+        _tally(topic, sent, 1, len(value) + (len(key) if key else 0))
         return sent
 
     async def send_partition(
@@ -124,7 +196,9 @@ class OutputProducer:
         # Closed, so that no other send joins the batch.
         batch.close()
         producer = await self._started()
+        records, size = batch.record_count(), batch.size()
         sent: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
+        _tally(topic, sent, records, size)
         return sent
 
     async def stop(self) -> None:
@@ -133,3 +207,63 @@ class OutputProducer:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+
+_started_topics: set[str] = set()
+
+
+def _tally(topic: str, future: asyncio.Future[Any], records: int, size: int) -> None:
+    """Account for a queued record (or batch) of ``topic`` in the output metrics."""
+    if topic not in _started_topics:
+        _started_topics.add(topic)
+        metrics.start_output_topic(topic)
+    attempt = _ATTEMPT.get()
+    if attempt is None:
+        # Sent outside deliver(): counted when the broker answers, one callback each.
+        started = time.perf_counter()
+        future.add_done_callback(lambda done: _count_one(topic, done, records, size, started))
+        return
+    tally = attempt.get(topic)
+    if tally is None:
+        tally = attempt[topic] = _Tally()
+    tally.add(future, records, size)
+
+
+def _count_delivered(attempt: dict[str, _Tally], elapsed: float) -> None:
+    for topic, tally in attempt.items():
+        metrics.OUTPUT_RECORDS.labels(topic).inc(sum(tally.records))
+        metrics.OUTPUT_BYTES.labels(topic).inc(sum(tally.sizes))
+        metrics.OUTPUT_SEND_SECONDS.labels(topic).observe(elapsed)
+
+
+def _count_failed(attempt: dict[str, _Tally], error: BaseException) -> None:
+    """Records the broker acknowledged count as sent; every other one as an error (each is
+    sent again), with the reason of its own failure or else of the one that ended the try."""
+    for topic, tally in attempt.items():
+        for future, records, size in zip(tally.futures, tally.records, tally.sizes, strict=True):
+            failure = _failure(future, error)
+            if failure is None:
+                metrics.OUTPUT_RECORDS.labels(topic).inc(records)
+                metrics.OUTPUT_BYTES.labels(topic).inc(size)
+            else:
+                metrics.OUTPUT_ERRORS.labels(topic, error_reason(failure)).inc(records)
+
+
+def _failure(future: asyncio.Future[Any], unsettled: BaseException) -> BaseException | None:
+    """None when the broker acknowledged the send, else its error (``unsettled`` while it
+    is pending or was cancelled)."""
+    if not future.done() or future.cancelled():
+        return unsettled
+    return future.exception()
+
+
+def _count_one(
+    topic: str, future: asyncio.Future[Any], records: int, size: int, started: float
+) -> None:
+    failure = _failure(future, asyncio.CancelledError())
+    if failure is None:
+        metrics.OUTPUT_RECORDS.labels(topic).inc(records)
+        metrics.OUTPUT_BYTES.labels(topic).inc(size)
+        metrics.OUTPUT_SEND_SECONDS.labels(topic).observe(time.perf_counter() - started)
+    else:
+        metrics.OUTPUT_ERRORS.labels(topic, error_reason(failure)).inc(records)

@@ -25,6 +25,9 @@ from agents.wiring import state_config, users_store
 from streams.privacy import Pseudonymizer
 from streams.settings import Settings
 
+#: Wall time the inputs stay quiet at the end of a run.
+QUIET_FOR_S = 90 * 86_400.0
+
 
 @dataclass
 class Captured:
@@ -104,10 +107,11 @@ class FoldDriver:
         await self.pipeline.process(messages)
 
     async def finish(self) -> None:
-        """Both inputs go quiet: event time runs on past every label window."""
+        """Both inputs go quiet for long: event time runs on past every label window (an
+        input whose clock lags the other's by hours runs on from its own clock)."""
         consumer = _QuietConsumer(self.offsets)
         self.watermarks.check_inputs(consumer)
-        self.clock += 10 * (self.settings.idle_flush_s + self.settings.label_window_s + 60.0)
+        self.clock += QUIET_FOR_S
         self.watermarks.check_inputs(consumer)
         await self.pipeline.on_idle_tick()
 

@@ -1,8 +1,10 @@
-"""Test helpers: settings per test, a real worker process, producing and consuming."""
+"""Test helpers: settings per test, a real worker process, producing and consuming, and the
+generated stream the table and fault tests share."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -17,8 +19,12 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas import decode_example
+from simulator.stream import Simulator, SimulatorConfig
 from streams.broker import _die_with_parent, free_port, wait_for_port
 from streams.settings import PREFIX, Settings
 
@@ -194,3 +200,112 @@ def state_config(**overrides: Any) -> Any:
     from agents.wiring import state_config as build
 
     return build(Settings(**overrides))
+
+
+def child_process(
+    argv: list[str], env: dict[str, str] | None = None, log_path: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as a child that never outlives this process, even after a SIGKILL.
+
+    Its output is appended to ``log_path`` (discarded without one). The child dies with the
+    *thread* that started it (PR_SET_PDEATHSIG), so start it from one that outlives it.
+    """
+    if log_path is None:
+        quiet = subprocess.DEVNULL
+        return subprocess.Popen(
+            argv, env=env, stdout=quiet, stderr=quiet, preexec_fn=_die_with_parent
+        )
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
+
+
+def new_topic_named(bootstrap: list[str], name: str, partitions: int = 1) -> str:
+    """Create topic ``name`` explicitly (Tansu would auto-create it with 4 partitions)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass  # created by the broker on first use
+    finally:
+        admin.close()
+    return name
+
+
+# --- the generated stream the table and fault tests check against tests/ground_truth.py ----
+
+#: ``(simulator topic label, event)`` in the order sent.
+Stream = list[tuple[str, dict[str, Any]]]
+#: How far back the late copies in :func:`generated_stream` land, in seconds of event time.
+LATE_BY = 400.0
+#: Windows, grace and label window of the table tests: short enough that the generated
+#: stream crosses window boundaries and closes label windows.
+TABLE_SETTINGS = {
+    "window_short_s": 60.0,
+    "window_long_s": 600.0,
+    "window_step_s": 10.0,
+    "grace_s": 150.0,
+    "label_window_s": 100.0,
+    "batch_size": 200,
+}
+#: Users whose one far-future event moves every partition's watermark past the stream.
+FLUSH_USERS = [f"zz-flush-{n}" for n in range(16)]
+
+
+def generated_stream() -> Stream:
+    """Simulated events with duplicates and out-of-order feedback, plus late copies that
+    land hundreds of seconds back (across window boundaries), then a far-future event per
+    flush user that moves every partition's watermark past the last label window."""
+    config = SimulatorConfig(n_users=40, n_items=300, n_creators=30, n_categories=8, seed=7,
+                             mean_request_gap_s=0.5, impressions_per_request=2,
+                             duplicate_rate=0.05, out_of_order_rate=0.05)  # fmt: skip
+    stream: Stream = []
+    start = config.start_time
+    for n, event in enumerate(Simulator(config).events(3000)):
+        assert isinstance(event.value, dict)
+        stream.append((event.topic, event.value))
+        if n % 40 == 0 and event.value["timestamp"] > start + LATE_BY + 10:
+            late = {**event.value, "event_id": f"late-{n}"}
+            late["timestamp"] = event.value["timestamp"] - LATE_BY
+            stream.append((event.topic, late))
+    end = max(v["timestamp"] for _, v in stream) + 1000
+    for n, user in enumerate(FLUSH_USERS):
+        base = {"user_id": user, "item_id": "flush", "timestamp": end}
+        stream.append(("impressions", {**base, "event_id": f"flush-i{n}"}))
+        stream.append(("negative-feedback", {**base, "event_id": f"flush-f{n}", "kind": "click"}))
+    return stream
+
+
+def send_paced(settings: Settings, stream: Stream, rate: float) -> None:
+    """Send ``stream`` in order, keyed by user, in chunks of 100 at about ``rate`` events/s."""
+    topic = {"impressions": "impressions", "negative-feedback": "feedback"}
+    step = 100
+    for first in range(0, len(stream), step):
+        chunk = stream[first : first + step]
+        produce(settings, ((topic[t], v["user_id"].encode(), v) for t, v in chunk))
+        time.sleep(step / rate)
+
+
+def compare_tables(worker: WorkerProcess, settings: Settings, truth: Any) -> None:
+    """Assert every non-flush user's short and long window counters equal ``truth``'s
+    (a :class:`tests.ground_truth.Truth`)."""
+    # The long window's buckets: a whole number of steps, at most 48 of them.
+    steps = math.ceil(settings.window_long_s / 48 / settings.window_step_s - 1e-9)
+    long_step = max(1, steps) * settings.window_step_s
+    for user in truth.impressions:
+        if user in FLUSH_USERS:
+            continue
+        view = orjson.loads(worker.get(f"/users/{user}/"))
+        expected_short = truth.view(user, settings.window_short_s, settings.window_step_s)
+        expected_long = truth.view(user, settings.window_long_s, long_step)
+        for name, expected in (("short", expected_short), ("long", expected_long)):
+            got = {k: view[name][k] for k in expected}
+            assert got == expected, f"{user} {name} window: {got} != {expected}"
+
+
+def examples_by_id(settings: Settings, expected: int) -> list[Any]:
+    """Every published example, decoded, once at least ``expected`` have arrived."""
+    consume(settings, "examples", lambda got: len(got) >= expected, timeout=60)
+    messages = consume(settings, "examples", lambda got: False, timeout=3)
+    return [decode_example(value) for _, value in messages]

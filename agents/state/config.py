@@ -29,7 +29,8 @@ class StateConfig:
     max_pending: int = 2000
     #: Feedback events kept for the join per user; past it the oldest is dropped.
     max_reactions: int = 2000
-    #: Suppressions kept per user; past it the weakest (then soonest expiring) go.
+    #: Suppressions kept per user: past a quarter over it, the weakest (then the soonest
+    #: expiring) go down to it.
     max_suppressions: int = 200
     #: Suppressions one score update carries (the new ones first, then the strongest).
     max_update_suppressions: int = 64

@@ -3,9 +3,9 @@
 Features count whole steps (``window_step_s``): an impression's features are the tables as
 of the start of the step holding its event time (its *cut*), so they count only events with
 an earlier event time, whatever order the two inputs were read in. The short window is the
-``window_short_s`` of steps before the cut; the long window is the long buckets wholly
-before the cut's long bucket (``window_long_s`` of them) plus the steps of that long bucket
-before the cut.
+``window_short_s`` of steps before the cut; the long window is the steps before the cut in
+the long bucket of the step just before it, plus the whole long buckets before that one,
+``window_long_s`` of long buckets in all (a hopping window that ends at the cut).
 """
 
 from __future__ import annotations
@@ -58,26 +58,40 @@ def _present(buckets: Buckets, indexes: range) -> list[dict[str, int]]:
     return [bucket for bucket in found if bucket]
 
 
+def short_sums(state: UserState, config: StateConfig, cut: int) -> Sums:
+    """Short-window totals as of ``cut``."""
+    return Sums(_present(state.fine, range(cut - config.short_buckets, cut)))
+
+
+def long_sums(state: UserState, config: StateConfig, cut: int) -> Sums:
+    """Long-window totals as of ``cut``."""
+    per_long = config.steps_per_long
+    # The long bucket of the last step before the cut, read from its steps.
+    head = (cut - 1) // per_long
+    long = _present(state.long, range(head - config.long_buckets + 1, head))
+    long += _present(state.fine, range(head * per_long, cut))
+    return Sums(long)
+
+
 def window_sums(
     state: UserState, config: StateConfig, cut: int, minus: Mapping[str, int] | None = None
 ) -> tuple[Sums, Sums]:
     """(short, long) totals as of ``cut``, less ``minus`` (an impression's own feedback)."""
-    short = _present(state.fine, range(cut - config.short_buckets, cut))
-    per_long = config.steps_per_long
-    head = cut // per_long
-    long = _present(state.long, range(head - config.long_buckets, head))
-    long += _present(state.fine, range(head * per_long, cut))
-    return Sums(short, minus), Sums(long, minus)
+    short, long = short_sums(state, config, cut), long_sums(state, config, cut)
+    short.minus = long.minus = minus
+    return short, long
 
 
 def oldest_fine_needed(cut: int, config: StateConfig) -> int:
     """The oldest step bucket :func:`window_sums` reads for ``cut``."""
-    return min(cut - config.short_buckets, (cut // config.steps_per_long) * config.steps_per_long)
+    return min(
+        cut - config.short_buckets, ((cut - 1) // config.steps_per_long) * config.steps_per_long
+    )
 
 
 def oldest_long_needed(cut: int, config: StateConfig) -> int:
     """The oldest long bucket :func:`window_sums` reads for ``cut``."""
-    return cut // config.steps_per_long - config.long_buckets
+    return (cut - 1) // config.steps_per_long - config.long_buckets + 1
 
 
 def feature_row(

@@ -26,8 +26,10 @@ from agents.state.features import (
     Sums,
     cut_of,
     feature_row,
+    now_cut,
     oldest_fine_needed,
     oldest_long_needed,
+    short_sums,
     window_sums,
 )
 from agents.state.state import Candidate, Pending, Reaction, UserState
@@ -232,7 +234,7 @@ def _apply_feedback(
         )
     )
     if fb.kind in NEGATIVE_KINDS:
-        short, _ = window_sums(state, config, cut_of(fb.timestamp, config) + 1)
+        short = short_sums(state, config, cut_of(fb.timestamp, config) + 1)
         if short.get(counters.NEGATIVES) > config.abuse_negative_cap:
             if state.flagged_until <= fb.timestamp:
                 out.counts["flagged"] += 1
@@ -377,14 +379,15 @@ def _flagged_during(state: UserState, pending: Pending, config: StateConfig) -> 
     start, end = pending.timestamp, pending.timestamp + config.label_window_s
     if not (state.flagged_since <= end and start <= state.flagged_until):
         return False
-    short, _ = window_sums(state, config, cut_of(end, config) + 1)
+    short = short_sums(state, config, cut_of(end, config) + 1)
     return short.get(counters.NEGATIVES) > FLOOD_RATIO * short.get(counters.IMPRESSIONS)
 
 
 def _expire(state: UserState, config: StateConfig, watermark: float, out: Outputs) -> None:
-    # Buckets are kept for every cut still to come: open impressions' and any event not
-    # late at this watermark.
-    horizon = cut_of(max(0.0, watermark - config.grace_s), config)
+    # Buckets are kept for every cut still to come: open impressions', any event not late at
+    # this watermark, and the user's own clock (rescoring and the operators' view read the
+    # tables as they stand now).
+    horizon = min(cut_of(max(0.0, watermark - config.grace_s), config), now_cut(state, config))
     if state.pending:
         horizon = min(horizon, min(cut_of(p.timestamp, config) for p in state.pending))
     windows.expire(state.fine, oldest_fine_needed(horizon, config))

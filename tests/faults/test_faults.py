@@ -5,7 +5,6 @@ check compares against values the generated input forces (tests/ground_truth.py)
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 import threading
 import time
@@ -23,29 +22,28 @@ import pytest
 from model import load_latest
 from schemas import decode_example
 from streams.admin import ensure_topics
-from streams.broker import BrokerError, EmbeddedBroker, _die_with_parent, free_port, wait_for_port
+from streams.broker import BrokerError, EmbeddedBroker, free_port, wait_for_port
 from streams.settings import Settings
 from tests.ground_truth import Truth, accepted_events
-from tests.integration.test_tables import (
+from tests.support import (
     FLUSH_USERS,
     TABLE_SETTINGS,
-    compare_tables,
-    examples_by_id,
-    generated_stream,
-    send,
-)
-from tests.support import (
+    Stream,
     WorkerProcess,
     assert_once_by_id,
+    child_process,
+    compare_tables,
     consume,
+    examples_by_id,
+    generated_stream,
     isolated_settings,
+    send_paced,
     settings_env,
 )
 
 pytestmark = pytest.mark.broker
 
 MODEL_SETTINGS = {"model_buckets": 2**12, "checkpoint_every_batches": 2, "train_batch_size": 64}
-Stream = list[tuple[str, dict[str, Any]]]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -76,7 +74,7 @@ class Feeder(threading.Thread):
         try:
             for first in range(0, len(self.stream), 100):
                 chunk = self.stream[first : first + 100]
-                send(self.settings, chunk, self.rate)
+                send_paced(self.settings, chunk, self.rate)
                 self.sent += len(chunk)
         except BaseException as error:  # reported by finish()
             self.error = error
@@ -123,14 +121,11 @@ def start_all(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
     (PR_SET_PDEATHSIG), so a helper thread must not start them.
     """
     for worker in workers:
-        with open(worker.log_path, "ab") as log:
-            worker.process = subprocess.Popen(
-                [sys.executable, "-m", "negstream", "worker"],
-                env=settings_env(worker.settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        worker.process = child_process(
+            [sys.executable, "-m", "negstream", "worker"],
+            env=settings_env(worker.settings),
+            log_path=worker.log_path,
+        )
 
     def up(worker: WorkerProcess) -> bool:
         assert worker.process is not None
@@ -212,11 +207,8 @@ def s3_server() -> Iterator[str]:
     process's GIL.
     """
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+    server = child_process(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     )
     try:
         wait_for_port("127.0.0.1", port, 60)
@@ -264,7 +256,7 @@ def test_broker_restart_on_s3_storage_loses_nothing(s3_server: str, tmp_path: Pa
         expected = expected_labels(truth, settings)
         first, second = stream[: len(stream) // 2], stream[len(stream) // 2 :]
         worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-        send(settings, first, rate=3000)
+        send_paced(settings, first, rate=3000)
         wait_until(lambda: events_processed(worker) > 0, 60, "the worker to process input")
         # The broker goes away while the worker is (likely still) working on the first half.
         broker.stop()
@@ -276,7 +268,7 @@ def test_broker_restart_on_s3_storage_loses_nothing(s3_server: str, tmp_path: Pa
         sent_impressions = sum(1 for topic, _ in first if topic == "impressions")
         kept = consume(settings, "impressions", lambda got: len(got) >= sent_impressions, 90)
         assert len(kept) == sent_impressions, "the restarted broker lost input records"
-        send(settings, second, rate=3000)
+        send_paced(settings, second, rate=3000)
         # Reads are slow on S3: wait for the count instead of examples_by_id's short pass.
         messages = consume(settings, "examples", lambda got: len(got) >= len(expected), 180)
         assert_once_by_id([decode_example(value) for _, value in messages], expected)

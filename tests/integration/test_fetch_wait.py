@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.broker import EmbeddedBroker
 from streams.patches import fetch_wait
-from tests.integration.test_output import new_topic_named
+from tests.support import new_topic_named
 
 pytestmark = pytest.mark.broker
 

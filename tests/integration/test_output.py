@@ -10,29 +10,16 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.output import OutputProducer
-from tests.support import isolated_settings
+from tests.support import isolated_settings, new_topic_named
 
 pytestmark = pytest.mark.broker
 
 
 def new_topic(bootstrap: list[str], partitions: int) -> str:
     return new_topic_named(bootstrap, f"output-{uuid.uuid4().hex[:8]}", partitions)
-
-
-def new_topic_named(bootstrap: list[str], name: str, partitions: int = 1) -> str:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1)])
-    except TopicAlreadyExistsError:
-        pass  # created by the broker on first use
-    finally:
-        admin.close()
-    return name
 
 
 async def read_back(bootstrap: list[str], tp: TopicPartition) -> tuple[int, list[bytes]]:

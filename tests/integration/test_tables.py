@@ -11,77 +11,23 @@ import orjson
 import pytest
 
 from schemas import decode_example, decode_score_update
-from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
-from streams.settings import Settings
 from tests.ground_truth import accepted_events
-from tests.support import WorkerProcess, assert_once_by_id, consume, isolated_settings, produce
+from tests.support import (
+    TABLE_SETTINGS,
+    WorkerProcess,
+    assert_once_by_id,
+    compare_tables,
+    consume,
+    examples_by_id,
+    generated_stream,
+    isolated_settings,
+    produce,
+    send_paced,
+)
 
 pytestmark = pytest.mark.broker
-
-LATE_BY = 400.0
-TABLE_SETTINGS = {
-    "window_short_s": 60.0,
-    "window_long_s": 600.0,
-    "window_step_s": 10.0,
-    "grace_s": 150.0,
-    "label_window_s": 100.0,
-    "batch_size": 200,
-}
-FLUSH_USERS = [f"zz-flush-{n}" for n in range(16)]
-
-
-def generated_stream() -> list[tuple[str, dict[str, Any]]]:
-    """Simulated events with duplicates and out-of-order feedback, plus late copies that
-    land hundreds of seconds back (across window boundaries), then a far-future event per
-    flush user that moves every partition's watermark past the last label window."""
-    config = SimulatorConfig(n_users=40, n_items=300, n_creators=30, n_categories=8, seed=7,
-                             mean_request_gap_s=0.5, impressions_per_request=2,
-                             duplicate_rate=0.05, out_of_order_rate=0.05)  # fmt: skip
-    stream: list[tuple[str, dict[str, Any]]] = []
-    start = config.start_time
-    for n, event in enumerate(Simulator(config).events(3000)):
-        assert isinstance(event.value, dict)
-        stream.append((event.topic, event.value))
-        if n % 40 == 0 and event.value["timestamp"] > start + LATE_BY + 10:
-            late = {**event.value, "event_id": f"late-{n}"}
-            late["timestamp"] = event.value["timestamp"] - LATE_BY
-            stream.append((event.topic, late))
-    end = max(v["timestamp"] for _, v in stream) + 1000
-    for n, user in enumerate(FLUSH_USERS):
-        base = {"user_id": user, "item_id": "flush", "timestamp": end}
-        stream.append(("impressions", {**base, "event_id": f"flush-i{n}"}))
-        stream.append(("negative-feedback", {**base, "event_id": f"flush-f{n}", "kind": "click"}))
-    return stream
-
-
-def send(settings: Settings, stream: list[tuple[str, dict[str, Any]]], rate: float) -> None:
-    topic = {"impressions": "impressions", "negative-feedback": "feedback"}
-    step = 100
-    for first in range(0, len(stream), step):
-        chunk = stream[first : first + step]
-        produce(settings, ((topic[t], v["user_id"].encode(), v) for t, v in chunk))
-        time.sleep(step / rate)
-
-
-def compare_tables(worker: WorkerProcess, settings: Settings, truth: Any) -> None:
-    long_step = max(settings.window_step_s, settings.window_long_s / 48)
-    for user in truth.impressions:
-        if user in FLUSH_USERS:
-            continue
-        view = orjson.loads(worker.get(f"/users/{user}/"))
-        expected_short = truth.view(user, settings.window_short_s, settings.window_step_s)
-        expected_long = truth.view(user, settings.window_long_s, long_step)
-        for name, expected in (("short", expected_short), ("long", expected_long)):
-            got = {k: view[name][k] for k in expected}
-            assert got == expected, f"{user} {name} window"
-
-
-def examples_by_id(settings: Settings, expected: int) -> list[Any]:
-    consume(settings, "examples", lambda got: len(got) >= expected, timeout=60)
-    messages = consume(settings, "examples", lambda got: False, timeout=3)
-    return [decode_example(value) for _, value in messages]
 
 
 def test_tables_and_labels_equal_the_ground_truth(broker: EmbeddedBroker, tmp_path: Path) -> None:
@@ -94,7 +40,7 @@ def test_tables_and_labels_equal_the_ground_truth(broker: EmbeddedBroker, tmp_pa
     expected = {i: k for i, k in labels.items() if not i.startswith("flush")}
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
-        send(settings, stream, rate=3000)
+        send_paced(settings, stream, rate=3000)
         examples = examples_by_id(settings, len(expected))
         compare_tables(worker, settings, truth)
         metrics = worker.metrics()
@@ -126,7 +72,7 @@ def test_sigkill_mid_stream_loses_nothing_and_dedupes_by_id(
     expected = {i: k for i, k in truth.labels(settings.label_window_s).items()
                 if not i.startswith("flush")}  # fmt: skip
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    producer = threading.Thread(target=send, args=(settings, stream, 1500))
+    producer = threading.Thread(target=send_paced, args=(settings, stream, 1500))
     producer.start()
     try:
         time.sleep(1.5)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import tomllib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -25,6 +29,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "negstream.json"
 K8S = DEPLOY / "k8s"
+README = ROOT / "README.md"
 
 #: Labels Prometheus attaches to every scraped series (job and instance from the scrape).
 TARGET_LABELS = frozenset({"job", "instance"})
@@ -229,19 +234,81 @@ def test_alert_rules_are_complete() -> None:
         assert f"### {rule['alert']}\n" in runbook, f"no runbook section for {rule['alert']}"
 
 
+#: Signals an operator needs both an alert and a panel for.
+REQUIRED_SIGNALS = (
+    "negstream_events_total",
+    "negstream_drift_psi",
+    "negstream_prequential",
+    "negstream_dead_letters_total",
+    "negstream_topic_partition_end_offset",
+    "negstream_checkpoint_timestamp_seconds",
+    "negstream_score_updates_total",
+    "negstream_last_score_timestamp_seconds",
+    "negstream_flagged_users_total",
+    "negstream_input_offset_gaps_total",
+    "negstream_undelivered_batches",
+    "negstream_fast_lane_partitions",
+    "negstream_fast_lane_failures_total",
+    "negstream_gc_pause_seconds",
+    "negstream_output_errors_total",
+)
+#: Faust's per-record sensor metrics: bulk reading (streams/bulk.py) bypasses the sensor, so
+#: they stay 0 on a busy worker and must not drive an alert or a panel.
+BLIND_METRICS = (
+    "negstream_messages_received_total",
+    "negstream_messages_received_per_topic_total",
+    "negstream_messages_received_per_topics_partition",
+    "negstream_active_messages",
+    "negstream_events_runtime_ms",
+    "negstream_total_events_total",
+    "negstream_total_active_events",
+    "negstream_total_events_per_stream_total",
+)
+#: Examples a worker learns from before its model quality and drift alerts may fire.
+MIN_EXAMPLES_GUARD = re.compile(r"negstream_train_examples_total >= (\d+)\)")
+REFERENCE_GUARD = re.compile(r"negstream_drift_reports_total > (\d+)\)")
+
+
 def test_alerts_cover_the_required_signals() -> None:
     exprs = " ".join(rule["expr"] for rule in _alert_rules())
-    for metric in (
-        "negstream_drift_psi",
-        "negstream_prequential",
-        "negstream_dead_letters_total",
-        "negstream_topic_partition_end_offset",
-        "negstream_checkpoint_timestamp_seconds",
-        "negstream_score_updates_total",
-        "negstream_last_score_timestamp_seconds",
-        "negstream_flagged_users_total",
-    ):
+    for metric in REQUIRED_SIGNALS:
         assert metric in exprs, metric
+
+
+def test_dashboard_covers_the_required_signals() -> None:
+    exprs = " ".join(expr for _, expr, _ in _dashboard_exprs())
+    outputs = ("records_total", "bytes_total", "send_seconds_bucket")
+    for metric in (*REQUIRED_SIGNALS, *(f"negstream_output_{name}" for name in outputs)):
+        assert metric in exprs, metric
+
+
+def test_nothing_reads_the_metrics_bulk_reading_bypasses() -> None:
+    exprs = [rule["expr"] for rule in _alert_rules()] + [e for _, e, _ in _dashboard_exprs()]
+    for expr in exprs:
+        used = set(METRIC.findall(expr))
+        assert not used & set(BLIND_METRICS), expr
+
+
+def test_quality_and_drift_alerts_wait_for_warm_up() -> None:
+    settings = Settings()
+    guarded = 0
+    for rule in _alert_rules():
+        expr = rule["expr"]
+        if "negstream_prequential" in expr or "negstream_drift_" in expr:
+            guarded += 1
+            (examples, *_) = MIN_EXAMPLES_GUARD.findall(expr) or ["none"]
+            assert examples.isdigit() and int(examples) >= 10_000, rule["alert"]
+        if "negstream_drift_" in expr:
+            # A full rolling reference: NEGSTREAM_DRIFT_REFERENCE_PERIODS reports and one more.
+            assert REFERENCE_GUARD.findall(expr) == [str(settings.drift_reference_periods)]
+    assert guarded >= 5
+
+
+def test_checkpoint_alert_needs_a_checkpoint_or_a_process_old_enough() -> None:
+    (rule,) = [r for r in _alert_rules() if r["alert"] == "NegstreamCheckpointStale"]
+    # The gauge is 0 until the first checkpoint: time() minus it would be about 1.8e9 s.
+    assert "negstream_checkpoint_timestamp_seconds > 0" in rule["expr"]
+    assert "process_start_time_seconds" in rule["expr"]
 
 
 @pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
@@ -271,8 +338,8 @@ def test_dashboard_shape() -> None:
     assert dashboard["uid"] == "negstream"
     assert 36 <= dashboard["schemaVersion"] <= 41
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    for row in ("Throughput", "Consumer lag", "Latency", "Dead letters", "Model quality",
-                "Drift", "Flagged users"):  # fmt: skip
+    for row in ("Throughput", "Outputs", "Consumer lag", "Latency", "Dead letters",
+                "Model quality", "Drift", "Flagged users", "Worker health"):  # fmt: skip
         assert row in rows
     ids = [p["id"] for p in _dashboard_panels(dashboard["panels"])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
@@ -364,6 +431,133 @@ def _assert_valid_settings(environment: dict[str, str]) -> None:
     unknown = {key for key in environment if key.startswith(PREFIX)} - fields
     assert not unknown, f"not negstream settings: {sorted(unknown)}"
     Settings.from_env(environment)
+
+
+def test_compose_has_nothing_compose_1_29_rejects() -> None:
+    compose = _load(COMPOSE)
+    allowed = {"services", "volumes", "networks", "configs", "secrets"}
+    extra = {key for key in compose if key not in allowed and not key.startswith("x-")}
+    # `name:` (Compose v2 only) made docker-compose 1.29 reject the whole file.
+    assert not extra, f"top-level keys docker-compose 1.29 rejects: {sorted(extra)}"
+    conditions = {
+        condition["condition"]
+        for service in compose["services"].values()
+        for condition in (service.get("depends_on") or {}).values()
+        if isinstance(condition, dict)
+    }
+    # Conditions both 1.29 (the first release with service_completed_successfully) and v2 know.
+    assert conditions <= {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def test_compose_file_validates_with_docker_compose() -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose (1.29, e.g. Debian's docker-compose package) is not installed")
+    result = subprocess.run([tool, "-f", str(COMPOSE), "config", "-q"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _readme_kafka_settings() -> dict[str, str]:
+    """The ``export NEGSTREAM_X=value`` settings of the README's Apache Kafka section."""
+    section = README.read_text().split("## Production: Apache Kafka", 1)[1]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    words = shlex.split(block.replace("\\\n", " "), comments=True)
+    return dict(
+        word.partition("=")[::2] for word in words if word.startswith(PREFIX) and "=" in word
+    )
+
+
+def _dockerfile_env() -> dict[str, str]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(word.partition("=")[::2] for word in shlex.split(line[4:]) if "=" in word)
+    return env
+
+
+def _configmap_env() -> dict[str, str]:
+    (configmap,) = [doc for doc in _k8s_documents() if doc["kind"] == "ConfigMap"]
+    return {key: str(value) for key, value in configmap["data"].items()}
+
+
+#: The README's Apache Kafka client tuning: every deployment file must carry it unchanged.
+KAFKA_TUNING = (
+    "NEGSTREAM_SESSION_TIMEOUT_S",
+    "NEGSTREAM_HEARTBEAT_S",
+    "NEGSTREAM_PRODUCER_MAX_BATCH_SIZE",
+    "NEGSTREAM_FETCH_MAX_WAIT_MS",
+)
+
+
+def test_readme_kafka_section_names_the_tuning() -> None:
+    readme = _readme_kafka_settings()
+    assert set(KAFKA_TUNING) <= readme.keys()
+    _assert_valid_settings(readme)
+
+
+@pytest.mark.parametrize("source", ["compose", "configmap", "dockerfile"])
+def test_deployments_carry_the_readme_kafka_tuning(source: str) -> None:
+    readme = _readme_kafka_settings()
+    environment = {
+        "compose": lambda: _compose_env(
+            _load(COMPOSE)["services"]["negstream-worker"]["environment"]
+        ),
+        "configmap": _configmap_env,
+        "dockerfile": _dockerfile_env,
+    }[source]()
+    _assert_valid_settings(environment)
+    for name in KAFKA_TUNING:
+        assert environment.get(name) == readme[name], f"{source}: {name}"
+
+
+def test_configmap_is_the_readme_production_setup() -> None:
+    readme, configmap = _readme_kafka_settings(), _configmap_env()
+    for name in ("NEGSTREAM_PARTITIONS", "NEGSTREAM_REPLICATION_FACTOR",
+                 "NEGSTREAM_SECURITY_PROTOCOL", "NEGSTREAM_SASL_MECHANISM"):  # fmt: skip
+        assert configmap[name] == readme[name], name
+
+
+def test_container_settings_agree() -> None:
+    compose = _load(COMPOSE)["services"]
+    worker = _compose_env(compose["negstream-worker"]["environment"])
+    sources = {"compose": worker, "configmap": _configmap_env(), "dockerfile": _dockerfile_env()}
+    for name in ("NEGSTREAM_METRICS_HOST", "NEGSTREAM_METRICS_PORT", "NEGSTREAM_DATA_DIR"):
+        values = {source: env.get(name) for source, env in sources.items()}
+        assert len(set(values.values())) == 1, f"{name}: {values}"
+    port = worker["NEGSTREAM_METRICS_PORT"]
+    assert f"EXPOSE {port}" in (DEPLOY / "Dockerfile").read_text()
+    assert f":{port}/metrics" in " ".join(compose["negstream-worker"]["healthcheck"]["test"])
+    (job,) = _load(PROMETHEUS)["scrape_configs"]
+    assert [str(sd["port"]) for sd in job["dns_sd_configs"]] == [port]
+    assert compose["negstream-worker"]["volumes"] == [worker["NEGSTREAM_DATA_DIR"]]
+
+
+def test_readme_settings_table_shows_the_defaults() -> None:
+    table = README.read_text().split("| variable | default | meaning |", 1)[1]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    defaults = Settings()
+    checked = 0
+    for row in rows:
+        names_cell, values_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names = re.findall(r"`(NEGSTREAM_[A-Z0-9_]+)`", names_cell)
+        values = [value.strip().strip("`") for value in values_cell.split(" / ")]
+        assert len(names) == len(values), row
+        for name, shown in zip(names, values, strict=True):
+            field = name.removeprefix(PREFIX).lower()
+            parsed = Settings.from_env({name: shown})
+            assert getattr(parsed, field) == getattr(defaults, field), f"{name}: README {shown}"
+            checked += 1
+    assert checked >= 10
+
+
+def test_dockerfile_copies_every_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\S+) ", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE))
+    for pattern in packages:
+        assert pattern.rstrip("*") in copied, f"the image lacks the {pattern} package"
 
 
 def test_dockerfile_installs_cpu_torch_and_runs_the_worker() -> None:
