@@ -33,7 +33,7 @@ MAX_TRIGGER_IDS = 50
 MAX_QUEUED_TRIGGERS = 1000
 #: Queued users looked at, and rescored, by one refresh (the rest wait for the next).
 MAX_SCANNED = 5000
-MAX_JOBS = 2000
+MAX_JOBS = 1000
 
 
 def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
@@ -114,7 +114,7 @@ class Rescorer:
             # A flooding user: an update names at most MAX_TRIGGER_IDS of them anyway.
             del triggers[: len(triggers) - MAX_QUEUED_TRIGGERS]
 
-    def _due_jobs(self, now: float) -> list[_Rescore]:
+    async def _due_jobs(self, now: float) -> list[_Rescore]:
         """Take the queued users due a refresh that have candidates to score.
 
         A user's feedback can be read before the impressions that give it candidates (the
@@ -126,9 +126,11 @@ class Rescorer:
         interval, patience = self.settings.score_min_interval_s, self.settings.label_window_s
         # A bounded slice a call, round robin (a user looked at goes to the back), so the
         # event loop is never held however many users are queued.
-        for user in list(itertools.islice(self.pending, MAX_SCANNED)):
+        for scanned, user in enumerate(list(itertools.islice(self.pending, MAX_SCANNED))):
             if len(jobs) >= MAX_JOBS:
                 break
+            if scanned % 100 == 99:
+                await asyncio.sleep(0)  # the event loop is never held for the whole scan
             if now - self.last_refresh.get(user, 0.0) < interval:
                 self.pending[user] = self.pending.pop(user)
                 continue
@@ -158,7 +160,7 @@ class Rescorer:
         """Rescore the queued users that have not been refreshed too recently."""
         if not self.pending:
             return
-        jobs = self._due_jobs(time.monotonic())
+        jobs = await self._due_jobs(time.monotonic())
         if not jobs:
             return
         started = time.perf_counter()

@@ -94,9 +94,9 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     async def event_loop_lag() -> None:
         await watch_event_loop()
 
-    @app.timer(settings.score_refresh_s, name="negstream.score_refresh")  # type: ignore[untyped-decorator]
+    @app.task  # type: ignore[untyped-decorator]
     async def score_refresh() -> None:
-        await rescorer.refresh()
+        await _until_failure(app, "score refresh", refresh_scores(rescorer, settings))
 
     @app.timer(settings.drift_interval_s, name="negstream.drift")  # type: ignore[untyped-decorator]
     async def drift_report() -> None:
@@ -155,6 +155,17 @@ async def pipeline_batches(
     while True:
         messages = await source.take(settings.batch_size, settings.batch_within_s)
         await pipeline.process(messages, source.ack)
+
+
+async def refresh_scores(rescorer: Rescorer, settings: Settings) -> None:
+    """Rescore queued users every ``score_refresh_s``, for ever.
+
+    A loop, not a timer: a refresh that outlasts the interval is followed by the next one,
+    never overlapped by it.
+    """
+    while True:
+        await rescorer.refresh()
+        await asyncio.sleep(settings.score_refresh_s)
 
 
 async def train_batches(

@@ -26,7 +26,7 @@ from streams.admin import ensure_topics
 from streams.broker import (
     BrokerError,
     EmbeddedBroker,
-    _die_with_parent,
+    die_with_parent,
     free_port,
     wait_for_port,
 )
@@ -87,7 +87,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         kept = "kept at exit" if args.keep else "removed at exit; --keep keeps them"
         print("negstream demo")

@@ -195,6 +195,13 @@ STATE_CAPPED = Counter(
 CAPPED_COLLECTIONS = ("pending", "reactions", "suppressions", "dedupe_ids", "window_names")
 for _collection in CAPPED_COLLECTIONS:
     STATE_CAPPED.labels(_collection)
+OUTPUT_RESENDS = Counter(
+    "negstream_output_resends_total",
+    "Deliveries sent again, unchanged, after the broker did not acknowledge them, by producer.",
+    ["producer"],
+)
+for _producer in ("outputs", "changelog"):
+    OUTPUT_RESENDS.labels(_producer)
 EVENT_LOOP_LAG_MAX = Gauge(
     "negstream_event_loop_lag_max_seconds", "The longest the event loop was held since start."
 )

@@ -26,12 +26,11 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from streams import metrics
 from streams.app import broker_credentials
+from streams.retry import Backoff
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Longest pause between two attempts to deliver records while the broker is away.
-MAX_RETRY_DELAY_S = 5.0
 
 #: Largest output request: a dead letter carries up to the largest accepted payload.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -133,7 +132,7 @@ class OutputProducer:
         until they are delivered: the caller waits (back-pressure) instead of failing, and a
         record may be written twice, which readers of these topics tolerate.
         """
-        delay = 0.2
+        backoff = Backoff()
         while True:
             # Each record sent inside ``send`` is tallied by topic for the output metrics; a
             # context variable keeps concurrent deliveries (other tasks) apart.
@@ -152,12 +151,13 @@ class OutputProducer:
                 _count_failed(attempt, error)
                 if self._closed:
                     raise
+                delay = backoff.next_delay()
+                metrics.OUTPUT_RESENDS.labels(self.role).inc()
                 log.warning(
-                    "%s not delivered (%s: %s); sending again in %.1f s",
+                    "%s not delivered (%s: %s); sending the same records again in %.1f s",
                     self.role, type(error).__name__, error, delay,
                 )  # fmt: skip
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, MAX_RETRY_DELAY_S)
 
     async def send(
         self, topic: str, key: bytes | None, value: bytes, partition: int | None = None

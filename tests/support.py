@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import decode_example
 from simulator.stream import Simulator, SimulatorConfig
-from streams.broker import _die_with_parent, free_port, wait_for_port
+from streams.broker import die_with_parent, free_port, wait_for_port
 from streams.settings import PREFIX, Settings
 
 
@@ -70,7 +71,7 @@ class WorkerProcess:
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # a worker never outlives its test run
+                preexec_fn=die_with_parent,  # a worker never outlives its test run
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -213,11 +214,11 @@ def child_process(
     if log_path is None:
         quiet = subprocess.DEVNULL
         return subprocess.Popen(
-            argv, env=env, stdout=quiet, stderr=quiet, preexec_fn=_die_with_parent
+            argv, env=env, stdout=quiet, stderr=quiet, preexec_fn=die_with_parent
         )
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
         )
 
 
@@ -309,3 +310,42 @@ def examples_by_id(settings: Settings, expected: int) -> list[Any]:
     consume(settings, "examples", lambda got: len(got) >= expected, timeout=60)
     messages = consume(settings, "examples", lambda got: False, timeout=3)
     return [decode_example(value) for _, value in messages]
+
+
+#: A negstream metric name inside a PromQL expression.
+METRIC = re.compile(r"\bnegstream_[a-z_]+")
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """Every rule of ``deploy/prometheus/alerts.yml``."""
+    import yaml
+
+    document = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "negstream.json"
+
+
+def dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel of ``panels``, rows' nested panels included."""
+    for panel in panels:
+        yield panel
+        yield from dashboard_panels(panel.get("panels", []))
+
+
+def dashboard_exprs() -> list[tuple[str, str, str]]:
+    """(where, expr, legend) for every query in the Grafana dashboard, templating included."""
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    found = []
+    for panel in dashboard_panels(dashboard["panels"]):
+        for target in panel.get("targets", []):
+            found.append((panel["title"], target["expr"], target.get("legendFormat", "")))
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            found.append((f"${variable['name']}", query["query"], ""))
+    return found

@@ -197,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--impressions", type=int, default=None,
                         help=f"impressions a world (default {FULL_IMPRESSIONS:,})")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep the workers' logs")
     args = parser.parse_args(argv)
     impressions = args.impressions or (QUICK_IMPRESSIONS if args.quick else FULL_IMPRESSIONS)
     root = Path(tempfile.mkdtemp(prefix="negstream-backfill-"))
@@ -205,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             heavy = run_world(broker, root, "heavy", impressions, args.seed)
             uniform = run_world(broker, root, "uniform", impressions, args.seed)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     print(f"## backfill ({impressions:,} impressions a world, seed {args.seed})\n")
     print(table([heavy, uniform]))
     print(

@@ -29,16 +29,17 @@ import yaml
 from negstream.producer import make_producer
 from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
-from streams.broker import EmbeddedBroker, _die_with_parent, free_port
+from streams.broker import EmbeddedBroker, die_with_parent, free_port
 from streams.settings import Settings
-from tests.support import WorkerProcess, isolated_settings
-from tests.unit.deploy.test_deploy_files import (
+from tests.support import (
     ALERTS,
     DASHBOARD,
-    PROMETHEUS,
-    _alert_rules,
-    _dashboard_panels,
+    WorkerProcess,
+    alert_rules,
+    dashboard_panels,
+    isolated_settings,
 )
+from tests.support import PROMETHEUS_CONFIG as PROMETHEUS
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus]
 
@@ -195,7 +196,7 @@ class Prometheus:
     def start(self, timeout: float = 60.0) -> Prometheus:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                self.command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -248,7 +249,7 @@ def dashboard_queries(variables: dict[str, str]) -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     found = [
         (f"panel {panel['title']!r}", target["expr"])
-        for panel in _dashboard_panels(dashboard["panels"])
+        for panel in dashboard_panels(dashboard["panels"])
         for target in panel.get("targets", [])
     ]
     found += [
@@ -419,7 +420,7 @@ def evaluate(
                  "$__rate_interval": RATE_INTERVAL}  # fmt: skip
     for where, expr in dashboard_queries(variables):
         check(where, expr, need_data=True)
-    for rule in _alert_rules():
+    for rule in alert_rules():
         name = rule["alert"]
         check(f"alert {name}", rule["expr"], need_data=name in EXPECTED_ALERTS)
         for signal in signals(rule["expr"]):

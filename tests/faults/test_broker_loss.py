@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streams.admin import ensure_topics
-from streams.broker import BrokerError, EmbeddedBroker, _die_with_parent, free_port, wait_for_port
+from streams.broker import BrokerError, EmbeddedBroker, die_with_parent, free_port, wait_for_port
 from tests.support import WorkerProcess, isolated_settings, settings_env
 
 pytestmark = pytest.mark.broker
@@ -33,7 +33,7 @@ def launch(worker: WorkerProcess) -> subprocess.Popen[bytes]:
             env=settings_env(worker.settings),
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return worker.process
 

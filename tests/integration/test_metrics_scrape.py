@@ -9,8 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
-from tests.support import WorkerProcess, isolated_settings
-from tests.unit.deploy.test_deploy_files import METRIC, _alert_rules, _dashboard_exprs
+from tests.support import METRIC, WorkerProcess, alert_rules, dashboard_exprs, isolated_settings
 
 pytestmark = pytest.mark.broker
 
@@ -43,8 +42,8 @@ def test_dashboard_and_alert_metrics_exist_on_a_live_worker(
     finally:
         worker.stop()
     served = served_series(page)
-    used = {name for rule in _alert_rules() for name in METRIC.findall(rule["expr"])}
-    used |= {name for _, expr, _ in _dashboard_exprs() for name in METRIC.findall(expr)}
+    used = {name for rule in alert_rules() for name in METRIC.findall(rule["expr"])}
+    used |= {name for _, expr, _ in dashboard_exprs() for name in METRIC.findall(expr)}
     assert len(used) > 15
     missing = sorted(used - served)
     assert not missing, f"dashboard/alerts use metrics the worker does not serve: {missing}"

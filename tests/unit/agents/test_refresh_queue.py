@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,10 @@ def test_feedback_read_before_its_users_impressions_waits_for_candidates(tmp_pat
     users: dict[str, Any] = {"u1": state(0)}
     model = service(tmp_path, users)
     model.request_refresh("u1", "dislike-1", 1_000)
-    assert model._due_jobs(now=10.0) == []
+    assert asyncio.run(model._due_jobs(now=10.0)) == []
     assert "u1" in model.pending, "kept queued while the user has no candidates"
     users["u1"] = state(3)  # its impressions are read
-    (job,) = model._due_jobs(now=11.0)
+    (job,) = asyncio.run(model._due_jobs(now=11.0))
     assert job.user == "u1" and trigger_ids(job.triggers) == ("dislike-1",)
     assert model.pending == {} and model.waiting_since == {}
 
@@ -43,9 +44,9 @@ def test_feedback_read_before_its_users_impressions_waits_for_candidates(tmp_pat
 def test_a_user_without_candidates_is_dropped_after_the_label_window(tmp_path: Path) -> None:
     model = service(tmp_path, {})
     model.request_refresh("bot", "f-1", 1_000)
-    assert model._due_jobs(now=10.0) == [] and "bot" in model.pending
-    assert model._due_jobs(now=129.9) == [] and "bot" in model.pending
-    assert model._due_jobs(now=130.0) == []
+    assert asyncio.run(model._due_jobs(now=10.0)) == [] and "bot" in model.pending
+    assert asyncio.run(model._due_jobs(now=129.9)) == [] and "bot" in model.pending
+    assert asyncio.run(model._due_jobs(now=130.0)) == []
     assert "bot" not in model.pending and "bot" not in model.waiting_since
 
 
@@ -53,12 +54,13 @@ def test_refreshes_are_coalesced_per_user_and_triggers_bounded(tmp_path: Path) -
     model = service(tmp_path, {"u1": state(2)})
     for n in range(MAX_QUEUED_TRIGGERS + 10):
         model.request_refresh("u1", f"x{n}", None)
-    (job,) = model._due_jobs(now=10.0)
+    (job,) = asyncio.run(model._due_jobs(now=10.0))
     assert (
         len(job.triggers) == MAX_QUEUED_TRIGGERS
         and job.triggers[-1][0] == f"x{MAX_QUEUED_TRIGGERS + 9}"
     )
     model.request_refresh("u1", "f-2", 5)
-    assert model._due_jobs(now=10.2) == [], "refreshed 0.2 s ago: waits for the interval"
-    (job,) = model._due_jobs(now=10.6)
+    # Refreshed 0.2 s ago: it waits for the interval.
+    assert asyncio.run(model._due_jobs(now=10.2)) == []
+    (job,) = asyncio.run(model._due_jobs(now=10.6))
     assert trigger_ids(job.triggers) == ("f-2",)

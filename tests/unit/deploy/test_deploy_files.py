@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import streams.metrics
 from streams.settings import PREFIX, Settings
+from tests.support import METRIC, alert_rules, dashboard_exprs, dashboard_panels
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -40,7 +41,6 @@ SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
     "summary": ("", "_sum", "_count", "_created"),
 }
-METRIC = re.compile(r"\bnegstream_[a-z_]+")
 SELECTOR = re.compile(r"\b(negstream_[a-z_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
@@ -104,30 +104,6 @@ def _yaml_files() -> list[Path]:
 def _load(path: Path) -> Any:
     # Cached: tests only read these documents; parametrised ones would parse them repeatedly.
     return yaml.safe_load(path.read_text())
-
-
-def _alert_rules() -> list[dict[str, Any]]:
-    return [rule for group in _load(ALERTS)["groups"] for rule in group["rules"]]
-
-
-def _dashboard_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _dashboard_panels(panel.get("panels", []))
-
-
-def _dashboard_exprs() -> list[tuple[str, str, str]]:
-    """(where, expr, legend) for every query in the dashboard, templating included."""
-    dashboard = json.loads(DASHBOARD.read_text())
-    found = []
-    for panel in _dashboard_panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            found.append((panel["title"], target["expr"], target.get("legendFormat", "")))
-    for variable in dashboard["templating"]["list"]:
-        query = variable.get("query")
-        if isinstance(query, dict):
-            found.append((f"${variable['name']}", query["query"], ""))
-    return found
 
 
 def _k8s_documents() -> list[dict[str, Any]]:
@@ -218,7 +194,7 @@ def test_prometheus_loads_the_alert_rules_and_scrapes_the_worker() -> None:
 
 
 def test_alert_rules_are_complete() -> None:
-    rules = _alert_rules()
+    rules = alert_rules()
     assert len(rules) >= 7
     names = [rule["alert"] for rule in rules]
     assert len(names) == len(set(names)), "duplicate alert names"
@@ -270,20 +246,20 @@ REFERENCE_GUARD = re.compile(r"negstream_drift_reports_total > (\d+)\)")
 
 
 def test_alerts_cover_the_required_signals() -> None:
-    exprs = " ".join(rule["expr"] for rule in _alert_rules())
+    exprs = " ".join(rule["expr"] for rule in alert_rules())
     for metric in REQUIRED_SIGNALS:
         assert metric in exprs, metric
 
 
 def test_dashboard_covers_the_required_signals() -> None:
-    exprs = " ".join(expr for _, expr, _ in _dashboard_exprs())
+    exprs = " ".join(expr for _, expr, _ in dashboard_exprs())
     outputs = ("records_total", "bytes_total", "send_seconds_bucket")
     for metric in (*REQUIRED_SIGNALS, *(f"negstream_output_{name}" for name in outputs)):
         assert metric in exprs, metric
 
 
 def test_nothing_reads_the_metrics_bulk_reading_bypasses() -> None:
-    exprs = [rule["expr"] for rule in _alert_rules()] + [e for _, e, _ in _dashboard_exprs()]
+    exprs = [rule["expr"] for rule in alert_rules()] + [e for _, e, _ in dashboard_exprs()]
     for expr in exprs:
         used = set(METRIC.findall(expr))
         assert not used & set(BLIND_METRICS), expr
@@ -292,7 +268,7 @@ def test_nothing_reads_the_metrics_bulk_reading_bypasses() -> None:
 def test_quality_and_drift_alerts_wait_for_warm_up() -> None:
     settings = Settings()
     guarded = 0
-    for rule in _alert_rules():
+    for rule in alert_rules():
         expr = rule["expr"]
         if "negstream_prequential" in expr or "negstream_drift_" in expr:
             guarded += 1
@@ -305,13 +281,13 @@ def test_quality_and_drift_alerts_wait_for_warm_up() -> None:
 
 
 def test_checkpoint_alert_needs_a_checkpoint_or_a_process_old_enough() -> None:
-    (rule,) = [r for r in _alert_rules() if r["alert"] == "NegstreamCheckpointStale"]
+    (rule,) = [r for r in alert_rules() if r["alert"] == "NegstreamCheckpointStale"]
     # The gauge is 0 until the first checkpoint: time() minus it would be about 1.8e9 s.
     assert "negstream_checkpoint_timestamp_seconds > 0" in rule["expr"]
     assert "process_start_time_seconds" in rule["expr"]
 
 
-@pytest.mark.parametrize("rule", _alert_rules(), ids=lambda rule: rule["alert"])
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
 def test_alert_expressions_use_existing_metrics_and_labels(rule: dict[str, Any]) -> None:
     assert expr_problems(rule["expr"]) == []
 
@@ -320,7 +296,7 @@ def test_alert_expressions_use_existing_metrics_and_labels(rule: dict[str, Any])
 
 
 @pytest.mark.parametrize(
-    ("where", "expr", "legend"), _dashboard_exprs(), ids=lambda value: str(value)[:60]
+    ("where", "expr", "legend"), dashboard_exprs(), ids=lambda value: str(value)[:60]
 )
 def test_dashboard_queries_use_existing_metrics_and_labels(
     where: str, expr: str, legend: str
@@ -341,10 +317,10 @@ def test_dashboard_shape() -> None:
     for row in ("Throughput", "Outputs", "Consumer lag", "Latency", "Dead letters",
                 "Model quality", "Drift", "Flagged users", "Worker health"):  # fmt: skip
         assert row in rows
-    ids = [p["id"] for p in _dashboard_panels(dashboard["panels"])]
+    ids = [p["id"] for p in dashboard_panels(dashboard["panels"])]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     variables = {v["name"] for v in dashboard["templating"]["list"]}
-    for panel in _dashboard_panels(dashboard["panels"]):
+    for panel in dashboard_panels(dashboard["panels"]):
         if panel["type"] == "row":
             continue
         uid = panel["datasource"]["uid"]
@@ -354,7 +330,7 @@ def test_dashboard_shape() -> None:
 def test_dashboard_panels_do_not_overlap() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     taken: set[tuple[int, int]] = set()
-    for panel in _dashboard_panels(dashboard["panels"]):
+    for panel in dashboard_panels(dashboard["panels"]):
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24, panel["title"]
         cells = {
@@ -536,7 +512,7 @@ def test_container_settings_agree() -> None:
 
 def test_readme_settings_table_shows_the_defaults() -> None:
     table = README.read_text().split("| variable | default | meaning |", 1)[1]
-    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), table.splitlines()[2:]))
     defaults = Settings()
     checked = 0
     for row in rows:
