@@ -40,10 +40,12 @@ class Captured:
 
 
 class _Delivery:
-    """Takes each step's outputs at once (the broker is not part of what is measured)."""
+    """Takes each step's outputs at once (the broker is not part of what is measured); keeps
+    them decoded unless ``capture`` is off."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, capture: bool = True) -> None:
         self.captured = Captured()
+        self.capture = capture
         self.topics = {
             settings.topic("examples"): self.captured.examples,
             settings.topic("scores"): self.captured.updates,
@@ -52,6 +54,8 @@ class _Delivery:
 
     async def queue(self, step: Step) -> None:
         self.captured.steps += 1
+        if not self.capture:
+            return
         for record in step.outputs:
             target = self.topics.get(record.topic)
             if target is not None:
@@ -64,7 +68,7 @@ class _Delivery:
 class FoldDriver:
     """Feeds raw input records to an :class:`InputPipeline` a batch at a time."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, capture: bool = True) -> None:
         self.settings = settings or Settings()
         self.clock = 0.0
         self.watermarks = Watermarks(
@@ -75,7 +79,7 @@ class FoldDriver:
             wall=lambda: self.clock,
         )
         self.users = users_store(SimpleNamespace(data={}))
-        self.delivery = _Delivery(self.settings)
+        self.delivery = _Delivery(self.settings, capture)
         self.pipeline = InputPipeline(
             self.settings,
             state_config(self.settings),

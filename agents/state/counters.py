@@ -2,7 +2,8 @@
 
 A window bucket maps counter names to counts. Totals have a fixed name; per-id counters
 are a family prefix and the id, e.g. ``item_exposure("i9")`` is ``"i:i9"``. The names are
-the changelog's wire format, so they never change meaning.
+the changelog's wire format, so they never change meaning. Names are interned: many users'
+buckets count the same items and creators, and share one string for each.
 
 Examples
 --------
@@ -14,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+from sys import intern
 from typing import Final
 
 IMPRESSIONS: Final = "imp"
@@ -40,27 +42,27 @@ FAMILIES: Final = {
 
 def by_kind(kind: str) -> str:
     """Counter of one feedback kind."""
-    return "k:" + kind
+    return intern("k:" + kind)
 
 
 def creator_negatives(creator_id: str) -> str:
     """Counter of negatives on one creator's items."""
-    return "nc:" + creator_id
+    return intern("nc:" + creator_id)
 
 
 def category_negatives(category: str) -> str:
     """Counter of negatives in one category."""
-    return "ng:" + category
+    return intern("ng:" + category)
 
 
 def item_exposure(item_id: str) -> str:
     """Counter of impressions of one item."""
-    return "i:" + item_id
+    return intern("i:" + item_id)
 
 
 def creator_exposure(creator_id: str) -> str:
     """Counter of impressions of one creator's items."""
-    return "c:" + creator_id
+    return intern("c:" + creator_id)
 
 
 def parse(name: str) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from sys import intern
 
 from agents.state import counters, windows
 from agents.state.config import StateConfig
@@ -211,8 +212,15 @@ def _apply_impression(
         )
     )
     candidates = [c for c in state.candidates if c.item_id != imp.item_id]
-    candidates.append(Candidate(imp.item_id, imp.creator_id, imp.category))
+    # Ids are interned: every user's candidates and buckets share one string an item.
+    candidates.append(
+        Candidate(intern(imp.item_id), _intern(imp.creator_id), _intern(imp.category))
+    )
     state.candidates = candidates[-config.candidates_per_user :]
+
+
+def _intern(value: str | None) -> str | None:
+    return None if value is None else intern(value)
 
 
 def _apply_feedback(
@@ -392,18 +400,24 @@ def _expire(state: UserState, config: StateConfig, watermark: float, out: Output
         horizon = min(horizon, min(cut_of(p.timestamp, config) for p in state.pending))
     windows.expire(state.fine, oldest_fine_needed(horizon, config))
     windows.expire(state.long, oldest_long_needed(horizon, config))
-    _trim_seen(state, config, out)
+    _trim_seen(state, config, watermark, out)
     clock = feedback_clock(state)
     if any(s.expires_at <= clock for s in state.suppressions):
         state.suppressions = [s for s in state.suppressions if s.expires_at > clock]
 
 
-def _trim_seen(state: UserState, config: StateConfig, out: Outputs) -> None:
+def _trim_seen(state: UserState, config: StateConfig, watermark: float, out: Outputs) -> None:
     """Merge the young dedupe ids into the old ones every :data:`SEEN_YOUNG`; expired and
-    (past ``dedup_max_per_user``) the oldest ids go then. Amortised O(1) an event."""
-    if len(state.seen) <= SEEN_YOUNG:
+    (past ``dedup_max_per_user``) the oldest ids go then. Amortised O(1) an event.
+
+    An id expires ``dedup_ttl_s`` behind the user's clock, or once its event is late (more
+    than ``grace_s`` behind the watermark), whichever comes first: a late copy is not applied
+    either, so forgetting it sooner counts nothing twice.
+    """
+    horizon = max(state.clock - config.dedup_ttl_s, watermark - config.grace_s)
+    young = state.seen
+    if len(young) <= SEEN_YOUNG and not (young and min(young.values()) < horizon):
         return
-    horizon = state.clock - config.dedup_ttl_s
     old = {k: v for k, v in state.seen_old.items() if v >= horizon}
     old.update(state.seen)
     overflow = len(old) - config.dedup_max_per_user

@@ -14,6 +14,7 @@ fast-path update it caused, the event loop's longest hold and the rebalances.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -170,11 +171,36 @@ def run_world(
     )
 
 
+def state_memory(users: int, impressions: int, seed: int) -> tuple[int, float]:
+    """Active users, and resident bytes per active user, of the per-user state after the
+    heavy world with ``users`` users is folded in-process by the worker's input pipeline
+    (outputs not kept; the model is not part of it)."""
+    import gc
+
+    from tests.driver import FoldDriver
+
+    # Ground truth is not kept: only the worker's state should grow.
+    config = world_config("heavy", n_users=users, seed=seed, keep_ground_truth=False)
+    simulator = Simulator(config)
+    driver = FoldDriver(capture=False)
+    gc.collect()
+    before = rss_bytes(os.getpid())
+    topics = {IMPRESSIONS_TOPIC: "impressions"}
+    driver.run(
+        (topics.get(e.topic, "feedback"), e.key.encode(), orjson.dumps(e.value), 0)
+        for e in simulator.events(impressions)
+        if isinstance(e.value, dict)
+    )
+    gc.collect()
+    active = len(driver.users)
+    return active, (rss_bytes(os.getpid()) - before) / max(active, 1)
+
+
 def table(results: Sequence[Result]) -> str:
     """The results as a Markdown table."""
     head = ("world", "events", "users", "events/s", "examples", "impressions", "duplicates",
             "missing", "strong negatives", "unsuppressed", "loop lag max (ms)", "rebalances",
-            "RSS growth / user (B)")  # fmt: skip
+            "worker RSS growth / user (B, model and buffers included)")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = (r.world, f"{r.events:,}", f"{r.users:,}", f"{r.events_per_s:,.0f}",
@@ -198,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"impressions a world (default {FULL_IMPRESSIONS:,})")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the workers' logs")
+    parser.add_argument("--memory-users", type=int, default=100_000,
+                        help="users of the heavy world whose state memory is measured "
+                             "(full runs only; 0 skips it)")  # fmt: skip
+    parser.add_argument("--memory-impressions", type=int, default=1_000_000,
+                        help="impressions folded for the memory measurement")  # fmt: skip
     args = parser.parse_args(argv)
     impressions = args.impressions or (QUICK_IMPRESSIONS if args.quick else FULL_IMPRESSIONS)
     root = Path(tempfile.mkdtemp(prefix="negstream-backfill-"))
@@ -212,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     print(f"## backfill ({impressions:,} impressions a world, seed {args.seed})\n")
     print(table([heavy, uniform]))
+    if not args.quick and args.memory_users:
+        active, per_user = state_memory(args.memory_users, args.memory_impressions, args.seed)
+        print(f"\nper-user state, heavy world of {args.memory_users:,} users, "
+              f"{args.memory_impressions:,} impressions folded in-process: {active:,} active "
+              f"users, {per_user:,.0f} B resident per active user")  # fmt: skip
     print(
         f"\nbackfill: events={heavy.events} events_per_s={heavy.events_per_s:.0f} "
         f"uniform_events_per_s={uniform.events_per_s:.0f} examples={heavy.examples} "
