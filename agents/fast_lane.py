@@ -317,6 +317,7 @@ class FastLane:
             timestamp=feedback.timestamp,
             trigger_event_ids=(feedback.event_id,),
             suppressions=suppression.for_update(new, others, config),
+            update_id=f"{feedback.event_id}:fast_lane",
         )
         with self.lock:
             self.pending.setdefault(user, _UserLane()).add(

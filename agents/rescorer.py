@@ -4,6 +4,7 @@ published as ``ScoreUpdate`` records, coalesced per user."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import time
@@ -212,17 +213,35 @@ class Rescorer:
                 score = round((1.0 - p) * (1.0 - penalty), 6)
                 scores.append(ItemScore(candidate.item_id, round(p, 6), score))
             start += len(candidates)
+            triggers = trigger_ids(job.triggers)
             update = ScoreUpdate(
                 user_id=job.user,
                 source="model",
                 model_version=version,
                 timestamp=job.state.clock,
-                trigger_event_ids=trigger_ids(job.triggers),
+                trigger_event_ids=triggers,
                 scores=tuple(sorted(scores, key=lambda s: -s.score)),
                 suppressions=job.suppressions,
+                update_id=model_update_id(job.user, version, job.triggers),
             )
             records.append(self.encoder.score_update(update, job.state.partition))
         return records
+
+
+def model_update_id(user: str, version: int, triggers: list[tuple[str, int | None]]) -> str:
+    """A model update's id: its model version and a digest of the user and every trigger.
+
+    Examples
+    --------
+    >>> model_update_id("u1", 7, [("f1", 5)]) == model_update_id("u1", 7, [("f1", 5)])
+    True
+    >>> model_update_id("u1", 7, [("f1", 5)]).startswith("model:7:")
+    True
+    """
+    digest = hashlib.blake2b(user.encode(), digest_size=8)
+    for event_id, _ in triggers:
+        digest.update(b"\0" + event_id.encode())
+    return f"model:{version}:{digest.hexdigest()}"
 
 
 def _penalties(suppressions: tuple[Suppression, ...]) -> dict[tuple[str, str | None], float]:

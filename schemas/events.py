@@ -86,7 +86,12 @@ class ItemScore:
 
 @dataclass(frozen=True, slots=True)
 class ScoreUpdate:
-    """Refreshed scores and suppressions for one user (topic ``scores``, key ``user_id``)."""
+    """Refreshed scores and suppressions for one user (topic ``scores``, key ``user_id``).
+
+    ``update_id`` names the update: a copy written again (a resend after a broker timeout;
+    for fast-path updates also a replay after a crash) carries the same id, so a consumer
+    drops copies by it.
+    """
 
     user_id: str
     source: str
@@ -95,6 +100,7 @@ class ScoreUpdate:
     trigger_event_ids: tuple[str, ...] = ()
     scores: tuple[ItemScore, ...] = ()
     suppressions: tuple[Suppression, ...] = ()
+    update_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,7 @@ def fast_path_update(
         timestamp=fb.timestamp,
         trigger_event_ids=(fb.event_id,),
         suppressions=for_update(new, active_suppressions(state), config),
+        update_id=f"{fb.event_id}:fast_path",
     )
 
 
