@@ -1,5 +1,7 @@
-"""Online negative-feedback model: hashing, batches, the torch model, checkpoints, metrics."""
+"""Online negative-feedback model: hashing, batches, the torch model, baselines, checkpoints,
+metrics."""
 
+from model.baselines import RateLogistic, RunningRate
 from model.batch import CandidateBatch, ExampleBatch, squash
 from model.checkpoint import CheckpointStore, load_latest, save_checkpoint
 from model.config import (
@@ -11,7 +13,9 @@ from model.config import (
     resolve_device,
 )
 from model.hashing import FeatureHasher, expected_collision_fraction, stable_hash
+from model.id_rates import RATE_COLUMNS, RateTable
 from model.lazy_adam import LazyAdam
+from model.logistic import OnlineLogistic
 from model.monitor.calibration import CalibrationBucket, CalibrationTable, DelaySummary, LabelDelay
 from model.monitor.change import PageHinkley
 from model.monitor.drift import PSI_ACT, PSI_WATCH, FixedBinHistogram, PSIMonitor, psi, psi_level
@@ -20,6 +24,7 @@ from model.monitor.prequential import Learner, Prequential
 from model.monitor.rates import KindShift, RateShift
 from model.online import OnlineModel
 from model.sampling import sample_extra_negatives
+from model.wide import RateRegression
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -27,6 +32,7 @@ __all__ = [
     "HEADS",
     "PSI_ACT",
     "PSI_WATCH",
+    "RATE_COLUMNS",
     "CalibrationBucket",
     "CalibrationError",
     "CalibrationTable",
@@ -42,12 +48,17 @@ __all__ = [
     "Learner",
     "LogLoss",
     "ModelConfig",
+    "OnlineLogistic",
     "OnlineModel",
     "PSIMonitor",
     "PageHinkley",
     "Prequential",
+    "RateLogistic",
+    "RateRegression",
     "RateShift",
+    "RateTable",
     "RollingAUC",
+    "RunningRate",
     "expected_collision_fraction",
     "load_latest",
     "p_negative",

@@ -25,110 +25,75 @@ from model.config import HEADS, ID_FIELDS, ModelConfig, p_negative, resolve_devi
 from model.hashing import cross_buckets
 from model.lazy_adagrad import LazyAdagrad
 from model.lazy_adam import LazyAdam
+from model.network import LOGITS, Network
 from model.sampling import sample_extra_negatives
+from model.wide import RateRegression
 
-__all__ = ["OnlineModel"]
+__all__ = ["OnlineModel", "heads_of"]
 
 _EXPLICIT = HEADS.index("explicit_negative")
 _IMPLICIT = HEADS.index("implicit_negative")
+_ENGAGEMENT = HEADS.index("engagement")
+_NEGATIVE = LOGITS.index("negative")
+_EXPLICIT_GIVEN_NEGATIVE = LOGITS.index("explicit_given_negative")
+_ENGAGED = LOGITS.index("engagement")
 _FIELDS = len(ID_FIELDS)
+#: Logits are clipped here before becoming probabilities, which stay inside (0, 1) in float32.
+_LOGIT_LIMIT = 15.0
 
 
-class _Network(nn.Module):
-    """Hashed id embeddings, three user interactions, dense features -> MLP + linear -> logits,
-    plus an explicit-negative bias of each hashed id cross."""
-
-    explicit: torch.Tensor
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        # One table holds all four id fields (field f owns rows f*buckets .. (f+1)*buckets-1):
-        # one lookup, one sparse gradient and one optimiser update a step instead of four,
-        # which measured ~2x faster on a 2-core CPU. Row 0 of a field is its learned
-        # "missing id" vector. sparse=True: a step touches ~4 * batch of 4 * buckets rows,
-        # so dense gradients and dense optimiser updates would dominate.
-        self.table = nn.Embedding(_FIELDS * config.buckets, config.embedding_dim, sparse=True)
-        nn.init.normal_(self.table.weight, std=config.init_std)
-        layers: list[nn.Module] = []
-        width = _FIELDS * config.embedding_dim + _FIELDS - 1 + len(config.features)
-        for hidden in config.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, len(HEADS)))
-        self.mlp = nn.Sequential(*layers)
-        # Wide part: the interactions and dense features also reach the logits linearly, so
-        # "more past negatives -> more likely negative" needs no ReLU path to be learned first
-        # (+0.004 AUC on the 200k simulator stream, 3/3 seeds). Zero weights: it starts as a
-        # no-op.
-        self.wide = nn.Linear(_FIELDS - 1 + len(config.features), len(HEADS))
-        nn.init.zeros_(self.wide.weight)
-        # ... except on the user x item/creator/category dot products: with a zero weight there
-        # the wide path sends the embeddings no gradient, and they wait for the MLP to find a
-        # use for them. A signed start (a high dot product means a likely negative and an
-        # unlikely engagement) lets them learn from the first step.
-        with torch.no_grad():
-            self.wide.weight[:, : _FIELDS - 1] = config.interaction_init
-            self.wide.weight[HEADS.index("engagement"), : _FIELDS - 1] *= -1.0
-        # Explicit-negative bias of each id cross (``cross_buckets`` rows per cross): a wide
-        # model over hashed pairs, which learns "this user hides this creator" from one or two
-        # reports. The simulator's explicit negatives carry a +4 logit for a hated creator or
-        # category that the dot products take hundreds of steps to find. Only that head: the
-        # same biases on all three heads scored no better (AUC 0.6693 against 0.6701, 200k
-        # simulator stream). Single ids get none: their embeddings and the MLP already give
-        # them one. Zeros: it starts as a no-op, and a pair never seen adds nothing.
-        rows = max(1, len(config.crosses)) * config.cross_buckets
-        self.biases = nn.Embedding(rows, 1, sparse=True)
-        nn.init.zeros_(self.biases.weight)
-        explicit = torch.zeros(1, len(HEADS))
-        explicit[0, HEADS.index("explicit_negative")] = 1.0
-        self.register_buffer("explicit", explicit, persistent=False)
-
-    def embed(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[n, 4]`` table rows -> ``[n, 4, dim]`` embeddings (user, item, creator, category)."""
-        return F.embedding(rows, self.table.weight, sparse=True)
-
-    def head(
-        self, embedded: torch.Tensor, dense: torch.Tensor, wide_rows: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits ``[n, heads]``; ``wide_rows`` are the ``[n, k]`` rows of ``biases``."""
-        # Dot products of the user with item, creator and category give the MLP "does this
-        # user dislike this creator/topic" directly instead of making it learn multiplication.
-        interactions = (embedded[:, :1] * embedded[:, 1:]).sum(2)
-        features = torch.cat([embedded.flatten(1), interactions, dense], dim=1)
-        logits: torch.Tensor = self.mlp(features) + self.wide(torch.cat([interactions, dense], 1))
-        biases = F.embedding(wide_rows, self.biases.weight, sparse=True).sum(1)
-        return logits + _per_example_gradient(biases) * self.explicit
+def _internal_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Head targets ``[n, HEADS]`` -> targets of :data:`~model.network.LOGITS`."""
+    negative = torch.maximum(targets[:, _EXPLICIT], targets[:, _IMPLICIT])
+    return torch.stack([negative, targets[:, _EXPLICIT], targets[:, _ENGAGEMENT]], dim=1)
 
 
-def _per_example_gradient(values: torch.Tensor) -> torch.Tensor:
-    """``values`` unchanged, but their gradient scaled by the batch size.
+def _internal_weights(internal: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Loss weight of each row and logit ``[n, len(LOGITS)]``.
 
-    The loss is a batch mean, so a row's gradient is its example's ``(p - y) * weight`` over
-    ``n``. Scaled back to per-example size, the biases' Adagrad (with its initial accumulator)
-    steps in proportion to how wrong a pair was, as per-example logistic SGD would: a dislike
-    moves its pair's bias ~20x further than an impression without reaction, where plain
-    Adagrad's first step is ``lr`` for both.
+    Severity (the example's ``weight``) weighs the explicit-given-negative logit's positives,
+    rescaled to mean 1 over the batch's explicit negatives: a report pulls harder than a
+    dislike, but explicit negatives as a whole pull as hard as unweighted ones, so the head
+    stays calibrated. That logit learns from negative rows only. The negative and engagement
+    logits weigh every row 1: severity on p(negative) itself cost 0.003-0.006 AUC of "any
+    negative" on both simulated worlds (it ranks a report above a skip, not one user's
+    negatives above another's).
     """
-    scale = float(values.shape[0])
-    return values * scale - values.detach() * (scale - 1.0)
-
-
-def _weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> Any:
-    """Summed per-head BCE; severity weighs only the explicit-negative head's positive rows.
-
-    ``weights`` (record weight x severity) are rescaled to mean 1 over the batch's explicit
-    negatives: a report pulls harder than a dislike, but the head's positives as a whole pull
-    as hard as unweighted ones, so its probability stays calibrated. Weighting every head by
-    severity (as before) inflated p_negative: on the 200k simulator stream the log loss of
-    p(negative) was 0.726 against the base rate's 0.523; this gives 0.502 and a higher AUC.
-    """
-    per_head = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    positive = targets[:, _EXPLICIT]
+    negative, explicit = internal[:, _NEGATIVE], internal[:, _EXPLICIT_GIVEN_NEGATIVE]
     # Sums, not boolean indexing: no host sync a step; a batch without positives scales by 1.
-    mean = (weights * positive).sum() / positive.sum().clamp_min(1.0)
-    scale = positive * (weights / mean.clamp_min(1e-12) - 1.0) + 1.0
-    per_row = per_head.sum(1) + (scale - 1.0) * per_head[:, _EXPLICIT]
-    return per_row.mean()
+    mean = (weights * explicit).sum() / explicit.sum().clamp_min(1.0)
+    severity = explicit * (weights / mean.clamp_min(1e-12) - 1.0) + 1.0
+    ones = torch.ones_like(negative)
+    return torch.stack([ones, negative * severity, ones], dim=1)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> Any:
+    per_logit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (per_logit * weights).sum(1).mean()
+
+
+def heads_of(logits: torch.Tensor) -> torch.Tensor:
+    """Per-head probabilities ``[n, HEADS]`` of :data:`~model.network.LOGITS` logits.
+
+    With ``q = p(negative)`` and ``r = p(explicit | negative)``: explicit ``q r``, implicit
+    ``q (1 - r) / (1 - q r)`` (implicit given no explicit one), so that
+    ``1 - (1 - explicit)(1 - implicit)``, :func:`~model.config.p_negative`, is ``q`` exactly.
+
+    Examples
+    --------
+    >>> heads = heads_of(torch.tensor([[0.0, 0.0, 1.0]]))
+    >>> [round(p, 4) for p in heads[0].tolist()]
+    [0.25, 0.3333, 0.7311]
+    >>> round(float(1 - (1 - heads[0, 0]) * (1 - heads[0, 1])), 4)
+    0.5
+    """
+    z = logits.to(torch.float64).clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
+    q = torch.sigmoid(z[:, _NEGATIVE])
+    explicit = q * torch.sigmoid(z[:, _EXPLICIT_GIVEN_NEGATIVE])
+    implicit = q * torch.sigmoid(-z[:, _EXPLICIT_GIVEN_NEGATIVE]) / (1.0 - explicit)
+    engagement = torch.sigmoid(z[:, _ENGAGED])
+    columns = {_EXPLICIT: explicit, _IMPLICIT: implicit, _ENGAGEMENT: engagement}
+    return torch.stack([columns[index] for index in range(len(HEADS))], dim=1)
 
 
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -154,6 +119,14 @@ def _detached_cpu(value: Any) -> Any:
 class OnlineModel:
     """Multi-task online model predicting explicit-negative, implicit-negative and engagement.
 
+    Its logits (:data:`~model.network.LOGITS`: any negative, explicit given negative,
+    engagement) are the sum of a wide part, :class:`~model.wide.RateRegression` over
+    smoothed per-id and per-pair label rates and the dense features, updated by Laplace
+    (Newton) steps, and a deep part, :class:`~model.network.Network`, that starts at zero,
+    blends in over ``deep_warmup`` examples and learns what the wide part leaves; the wide
+    part in turn fits around the deep part's logits, so neither counts what the other has.
+    :func:`heads_of` turns the logits into the heads.
+
     Parameters
     ----------
     config
@@ -161,7 +134,7 @@ class OnlineModel:
 
     Examples
     --------
-    >>> config = ModelConfig(buckets=2**10, features=())
+    >>> config = ModelConfig(buckets=2**10, cross_buckets=2**10, features=())
     >>> model = OnlineModel(config)
     >>> example = {"user_id": "u1", "item_id": "i1", "creator_id": "c1", "category": "news",
     ...            "label": "hide", "kinds": ["hide"], "weight": 1.0, "features": {}}
@@ -177,10 +150,19 @@ class OnlineModel:
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config or ModelConfig()
         self.device = resolve_device(self.config.device)
+        self._wide = RateRegression(
+            self.config,
+            columns=self.config.rate_columns,
+            crosses=self.config.rate_crosses,
+            counts=self.config.rate_counts,
+            nested=self.config.rate_nested,
+            pair_counts=self.config.rate_pair_counts,
+            outputs=len(LOGITS),
+        )
         with torch.random.fork_rng(devices=[]):
             # Seed a forked RNG so building a model never disturbs the caller's torch RNG.
             torch.manual_seed(self.config.seed)
-            self._net = _Network(self.config)
+            self._net = Network(self.config, self._wide.width)
         self._net.to(self.device)
         self._rng = np.random.default_rng(self.config.seed)
         self._field_offsets = np.arange(_FIELDS, dtype=np.int64) * self.config.buckets
@@ -199,7 +181,7 @@ class OnlineModel:
             "lr": self.config.wide_lr,
             "initial_accumulator_value": self.config.wide_initial_accumulator,
         }
-        dense = [*self._net.mlp.parameters(), *self._net.wide.parameters()]
+        dense = [*self._net.mlp.parameters(), *self._net.interactions.parameters()]
         lr = self.config.lr
         self._optimizers: list[torch.optim.Optimizer]
         if self.config.optimizer == "adagrad+adam":
@@ -218,8 +200,14 @@ class OnlineModel:
         self.version = 0
         self.examples_seen = 0
 
-    def _tensors(self, batch: CandidateBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Embedding rows ``[n, 4]``, dense features ``[n, F]`` and cross-bias rows ``[n, C]``."""
+    def _blend(self) -> float:
+        """Share of the deep part in the logits: 0 to 1 over the first ``deep_warmup``
+        examples, while the wide part, near its all-data fit from the first batches, leads."""
+        warmup = self.config.deep_warmup
+        return 1.0 if warmup <= 0 else min(1.0, self.examples_seen / warmup)
+
+    def _tensors(self, batch: CandidateBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding rows ``[n, 4]`` and cross-bias rows ``[n, C]``."""
         fields = (batch.user, batch.item, batch.creator, batch.category)
         rows = np.stack(fields, axis=1)
         rows += self._field_offsets
@@ -227,7 +215,7 @@ class OnlineModel:
             cross_buckets(fields[left], fields[right], name, self.config.cross_buckets)
             for left, right, name in self._crosses
         ]
-        wide_rows = (
+        bias_rows = (
             np.stack(crosses, axis=1) + self._cross_offsets
             if crosses
             else np.zeros((len(batch), 0), dtype=np.int64)
@@ -235,8 +223,7 @@ class OnlineModel:
         device = self.device
         return (
             torch.from_numpy(rows).to(device, non_blocking=True),
-            torch.from_numpy(batch.dense).to(device, non_blocking=True),
-            torch.from_numpy(wide_rows).to(device, non_blocking=True),
+            torch.from_numpy(bias_rows).to(device, non_blocking=True),
         )
 
     def _as_examples(self, batch: ExampleBatch | Sequence[Mapping[str, Any]]) -> ExampleBatch:
@@ -250,27 +237,37 @@ class OnlineModel:
         return CandidateBatch.from_rows(batch, self.config)
 
     def learn_many(self, batch: ExampleBatch | Sequence[Mapping[str, Any]]) -> None:
-        """One optimiser step on ``batch`` (only read); bumps ``version``. Empty: a no-op."""
+        """One step on ``batch`` (only read); bumps ``version``. Empty: a no-op.
+
+        The deep part takes one optimiser step on the loss of the summed logits, the wide
+        part's regression folds the batch in, and only then are the batch's labels counted
+        into the rate tables: every input the batch was learned on predates it.
+        """
         examples = self._as_examples(batch)
         if len(examples) == 0:
             return
-        rows = examples
+        wide_rows = self._wide.rows(examples)
+        inputs = self._wide.inputs(examples, wide_rows)
+        rows, wide = examples, inputs
         if self.config.extra_negatives > 0:
             extra = sample_extra_negatives(
                 examples, self.config.extra_negatives, self._rng, self.config.extra_negative_weight
             )
             if len(extra):
                 rows = ExampleBatch.concat([examples, extra])
-        ids, dense, wide_rows = self._tensors(rows)
-        targets = torch.from_numpy(rows.targets).to(self.device, non_blocking=True)
-        weights = torch.from_numpy(rows.weights).to(self.device, non_blocking=True)
+                wide = torch.cat([inputs, self._wide.inputs(extra, self._wide.rows(extra))])
+        ids, bias_rows = self._tensors(rows)
+        targets = _internal_targets(torch.from_numpy(rows.targets).to(self.device))
+        weights = _internal_weights(targets, torch.from_numpy(rows.weights).to(self.device))
+        base = self._wide.logits(wide)
         net = self._net
         net.train()
         embedded = net.embed(ids)
-        loss = _weighted_bce(net.head(embedded, dense, wide_rows), targets, weights)
+        residual = net(embedded, wide, bias_rows) * self._blend()
+        loss = _loss(base + residual, targets, weights)
         if self.config.adversarial_eps > 0:
             loss = loss + self.config.adversarial_weight * self._adversarial_loss(
-                loss, ids, embedded, dense, wide_rows, targets, weights
+                loss, ids, embedded, wide, bias_rows, base, targets, weights
             )
         for optimizer in self._optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -280,16 +277,20 @@ class OnlineModel:
         with torch.sparse.check_sparse_tensor_invariants(enable=False):  # type: ignore[no-untyped-call]
             for optimizer in self._optimizers:
                 optimizer.step()
+        n = len(examples)
+        self._wide.learn(inputs, targets[:n], weights[:n], residual[:n].detach())
+        self._wide.count(wide_rows, examples)
         self.version += 1
-        self.examples_seen += len(examples)
+        self.examples_seen += n
 
     def _adversarial_loss(
         self,
         loss: torch.Tensor,
         ids: torch.Tensor,
         embedded: torch.Tensor,
-        dense: torch.Tensor,
-        wide_rows: torch.Tensor,
+        wide: torch.Tensor,
+        bias_rows: torch.Tensor,
+        base: torch.Tensor,
         targets: torch.Tensor,
         weights: torch.Tensor,
     ) -> Any:
@@ -302,8 +303,8 @@ class OnlineModel:
         offsets = torch.from_numpy(self._field_offsets).to(ids.device)
         present = (ids != offsets).unsqueeze(2)
         delta = self.config.adversarial_eps * F.normalize(grad, dim=2) * present
-        logits = self._net.head(embedded + delta.detach(), dense, wide_rows)
-        return _weighted_bce(logits, targets, weights)
+        logits = base + self._net(embedded + delta.detach(), wide, bias_rows) * self._blend()
+        return _loss(logits, targets, weights)
 
     @torch.no_grad()
     def predict_many(
@@ -313,10 +314,12 @@ class OnlineModel:
         candidates = self._as_candidates(batch)
         if len(candidates) == 0:
             return np.zeros((0, len(HEADS)), dtype=np.float32)
-        ids, dense, wide_rows = self._tensors(candidates)
+        wide = self._wide.inputs(candidates, self._wide.rows(candidates))
+        ids, bias_rows = self._tensors(candidates)
         self._net.eval()
-        logits = self._net.head(self._net.embed(ids), dense, wide_rows)
-        return torch.sigmoid(logits).to("cpu").numpy().astype(np.float32, copy=False)
+        residual = self._net(self._net.embed(ids), wide, bias_rows) * self._blend()
+        logits = self._wide.logits(wide) + residual
+        return heads_of(logits).to("cpu").numpy().astype(np.float32)
 
     def p_negative(
         self, batch: CandidateBatch | Sequence[Mapping[str, Any]]
@@ -335,6 +338,7 @@ class OnlineModel:
             "version": self.version,
             "examples_seen": self.examples_seen,
             "network": _detached_cpu(self._net.state_dict()),
+            "wide": self._wide.state_dict(),
             "optimizers": [_detached_cpu(opt.state_dict()) for opt in self._optimizers],
             "rng": _detached_cpu(self._rng.bit_generator.state),
         }
@@ -349,6 +353,7 @@ class OnlineModel:
             changed = sorted(key for key in current if saved.get(key) != current[key])
             raise ValueError(f"state was saved with a different config: {changed}")
         self._net.load_state_dict(state["network"])
+        self._wide.load_state_dict(state["wide"])
         for optimizer, optimizer_state in zip(self._optimizers, state["optimizers"], strict=True):
             # Optimisers adopt the loaded tensors as their state; copy so that training never
             # writes into the caller's snapshot (or into a second model loaded from it).

@@ -1,34 +1,44 @@
-"""Model quality on the simulator: prequential AUC vs the oracle, responsiveness, ablations."""
+"""Model quality on the simulator's worlds: the model against simple baselines, prequentially.
+
+Every method sees the same examples, joined by the worker's fold in the worker's order, in
+micro-batches of 1024, and scores each micro-batch before it learns from it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import asyncio
+import functools
 import math
+import pickle
 import platform
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from agents.state import fold as user_state
-from model import ExampleBatch, LogLoss, ModelConfig, OnlineModel, RollingAUC
-from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS, p_negative
-from schemas.events import Example, Feedback, Impression
+from agents.state.config import StateConfig
+from agents.state.features import features as table_features
+from agents.state.state import UserState
+from agents.wiring import state_config
+from model import CandidateBatch, ExampleBatch, LogLoss, ModelConfig, OnlineModel, RollingAUC
+from model.baselines import RateLogistic, RunningRate
+from model.config import ENGAGEMENT, EXPLICIT_NEGATIVE, HEADS
+from schemas.events import FEATURE_NAMES
 from schemas.kinds import DEFAULT_SEVERITY, NEGATIVE_KINDS, NO_REACTION
-from schemas.validation import validate_feedback, validate_impression
-from simulator.stream import IMPRESSIONS_TOPIC, Simulator, SimulatorConfig
+from simulator.stream import IMPRESSIONS_TOPIC, Simulator, dumps_json
 from simulator.world import category_name, creator_name, item_name
+from simulator.worlds import HEAVY_QUICK_IMPRESSIONS, WORLD_NAMES, world_config
 from streams.settings import Settings
-
-try:
-    from tests.benchmarks import bench_model_throughput
-except ModuleNotFoundError:  # run as a script: its own folder, not the repo root, is on sys.path
-    import bench_model_throughput  # type: ignore[no-redef]
+from tests.benchmarks import bench_model_throughput
+from tests.driver import FoldDriver
 
 _EXPLICIT = HEADS.index("explicit_negative")
 _IMPLICIT = HEADS.index("implicit_negative")
@@ -40,8 +50,27 @@ SAME_CREATOR = 5
 MIN_SAME_CREATOR = 3
 TRAIN_BATCH = 1024
 WARMUP_FRACTION = 0.2
-#: Stream segments of the learning-curve table (AUC and oracle AUC of each).
+#: Share of the stream whose AUC is the cold-start figure.
+FIRST_FRACTION = 0.1
+#: Stream segments of the learning-curve table.
 SEGMENTS = 10
+#: The ideas measured against the default (``--ideas``): ModelConfig overrides, each undoing
+#: or changing one choice of the default.
+IDEAS: dict[str, dict[str, Any]] = {
+    "idea: no pair rates": {"rate_crosses": ()},
+    "idea: negative rates only": {"rate_columns": ("negative",)},
+    "idea: no id counts": {"rate_counts": False},
+    "idea: pair rates not nested": {"rate_nested": False},
+    "idea: no pair label counts": {"rate_pair_counts": False},
+    "idea: per-example pair biases": {"crosses": ("user*item", "user*creator", "user*category")},
+    "idea: recency decay (half-life 100k examples)": {"rate_half_life": 100_000.0},
+    "idea: rate prior 3": {"rate_prior": 3.0},
+    "idea: rate prior 30": {"rate_prior": 30.0},
+    "idea: ridge 1": {"logistic_ridge": 1.0},
+    "idea: no warm-up blend": {"deep_warmup": 0.0},
+}
+#: Impressions of a world's run: full and ``--quick``.
+IMPRESSIONS = {"uniform": (200_000, 30_000), "heavy": (200_000, HEAVY_QUICK_IMPRESSIONS)}
 
 
 @dataclass
@@ -58,27 +87,12 @@ class Probe:
 class JoinedStream:
     """Examples in publication order, the true p_negative of each, and the probes."""
 
+    world: str
     examples: list[dict[str, Any]]
     true_p_negative: npt.NDArray[np.float64]
     probes: dict[str, Probe]
     join_seconds: float
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _record(example: Example) -> dict[str, Any]:
-    # A flat mapping as the trainer decodes it from ``training-examples``; asdict would
-    # deep-copy every features dict for nothing.
-    return {
-        "example_id": example.example_id,
-        "user_id": example.user_id,
-        "item_id": example.item_id,
-        "creator_id": example.creator_id,
-        "category": example.category,
-        "label": example.label,
-        "kinds": list(example.kinds),
-        "weight": example.weight,
-        "features": example.features,
-    }
+    batches: int = 0
 
 
 class _ProbeBuilder:
@@ -97,11 +111,13 @@ class _ProbeBuilder:
             by_creator[creator].append(item)
         self.by_creator = by_creator
 
-    def build(self, example: Example, state: dict[str, Any], settings: Settings) -> Probe | None:
+    def build(
+        self, example: Mapping[str, Any], state: UserState, config: StateConfig
+    ) -> Probe | None:
         """A probe for an explicit negative (sampled at ``rate``), else ``None``."""
-        if example.label not in EXPLICIT_NEGATIVE or self.rng.random() >= self.rate:
+        if example["label"] not in EXPLICIT_NEGATIVE or self.rng.random() >= self.rate:
             return None
-        item = self.item_index[example.item_id]
+        item = self.item_index[example["item_id"]]
         creator = int(self.item_creator[item])
         others = [i for i in self.by_creator[creator] if i != item]
         if len(others) < MIN_SAME_CREATOR:
@@ -120,85 +136,72 @@ class _ProbeBuilder:
             category = category_name(int(self.item_category[candidate]))
             rows.append(
                 {
-                    "user_id": example.user_id,
+                    "user_id": example["user_id"],
                     "item_id": item_id,
                     "creator_id": creator_id,
                     "category": category,
                     # The user's table as it stands when the example is published; held
-                    # fixed before and after learning so the figure is the model's own.
-                    "features": user_state.features(state, settings, item_id, creator_id, category),
+                    # fixed before and after learning so the figure is the learner's own.
+                    "features": table_features(state, config, item_id, creator_id, category),
                 }
             )
-        return Probe(example.example_id, rows, 0, list(range(1, 1 + len(same))))
+        return Probe(example["example_id"], rows, 0, list(range(1, 1 + len(same))))
 
 
-def _events(simulator: Simulator, n_impressions: int) -> Iterator[Impression | Feedback]:
+def _records(simulator: Simulator, n_impressions: int) -> Iterator[tuple[str, bytes, bytes]]:
+    """The simulator's events as raw input records (topic setting, key, JSON value)."""
     for event in simulator.events(n_impressions):
-        if not isinstance(event.value, dict):
-            continue
-        if event.topic == IMPRESSIONS_TOPIC:
-            yield validate_impression(event.value)
-        else:
-            yield validate_feedback(event.value)
+        topic = "impressions" if event.topic == IMPRESSIONS_TOPIC else "feedback"
+        value = event.value if isinstance(event.value, bytes) else dumps_json(event.value)
+        yield topic, event.key.encode(), value
 
 
-def join_stream(n_impressions: int, seed: int, probe_rate: float) -> JoinedStream:
-    """Run the simulator through the worker's per-user join, micro-batch by micro-batch.
+def join_stream(world: str, n_impressions: int, seed: int, probe_rate: float = 0.0) -> JoinedStream:
+    """Run a simulated world through the worker's own input pipeline, in the worker's order.
 
-    Events are taken in emission order in micro-batches of ``Settings.batch_size``, grouped
-    by user and folded with ``apply_events`` then ``advance`` under a watermark of the newest
-    event time less ``watermark_delay_s``, as the input pipeline does; users whose label window
-    closes while they are idle are advanced too. Examples come out in publication order.
+    :class:`tests.driver.FoldDriver` runs :class:`agents.pipeline.InputPipeline` in-process:
+    raw records in emission order, micro-batches of ``Settings.batch_size``, each folded
+    under the watermark as it stood before the batch was read, then the label windows the
+    new watermark closed; at the end both inputs go quiet and every window closes. Examples
+    come out as the trainer decodes them from ``training-examples``, in publication order.
     """
     started = time.perf_counter()
     settings = Settings()
-    simulator = Simulator(SimulatorConfig(seed=seed))
+    config = state_config(settings)
+    simulator = Simulator(world_config(world, seed=seed))
     probes = _ProbeBuilder(simulator, probe_rate, seed)
-    states: dict[str, dict[str, Any]] = {}
-    deadlines: dict[str, float] = {}
-    examples: list[dict[str, Any]] = []
+    driver = FoldDriver(settings)
+    examples = driver.captured.examples
     found: dict[str, Probe] = {}
-    counts: defaultdict[str, int] = defaultdict(int)
-    newest = -math.inf
 
-    def publish(user_id: str, out: user_state.Outputs) -> None:
-        for key, value in out.counts.items():
-            counts[key] += value
-        for example in out.examples:
-            examples.append(_record(example))
-            probe = probes.build(example, states[user_id], settings)
+    def published(since: int) -> None:
+        # Probes see the user's table as the example is published, right after its batch.
+        for example in examples[since:]:
+            state = driver.users.get(example["user_id"])
+            probe = probes.build(example, state, config) if state is not None else None
             if probe is not None:
-                found[example.example_id] = probe
+                found[example["example_id"]] = probe
 
-    def step(batch: list[Impression | Feedback], watermark: float) -> None:
-        by_user: dict[str, list[Impression | Feedback]] = defaultdict(list)
-        for event in batch:
-            by_user[event.user_id].append(event)
-        for user_id, events in by_user.items():
-            state, out = user_state.apply_events(states.get(user_id), events, settings, watermark)
-            states[user_id], closed = user_state.advance(state, watermark, user_id, settings)
-            out.extend(closed)
-            publish(user_id, out)
-            deadlines[user_id] = user_state.next_deadline(states[user_id], settings) or math.inf
-        for user_id in [u for u, due in deadlines.items() if due <= watermark]:
-            states[user_id], closed = user_state.advance(
-                states[user_id], watermark, user_id, settings
-            )
-            publish(user_id, closed)
-            deadlines[user_id] = user_state.next_deadline(states[user_id], settings) or math.inf
+    async def run() -> None:
+        batch: list[Any] = []
+        for topic, key, value in _records(simulator, n_impressions):
+            batch.append(driver.message(topic, key, value))
+            if len(batch) == settings.batch_size:
+                before = len(examples)
+                await driver.feed(batch)
+                published(before)
+                batch = []
+        before = len(examples)
+        if batch:
+            await driver.feed(batch)
+        await driver.finish()
+        published(before)
 
-    batch: list[Impression | Feedback] = []
-    for event in _events(simulator, n_impressions):
-        batch.append(event)
-        newest = max(newest, event.timestamp)
-        if len(batch) == settings.batch_size:
-            step(batch, newest - settings.watermark_delay_s)
-            batch = []
-    # End of stream: the worker's idle flush lets event time run past every label window.
-    step(batch, newest + settings.label_window_s + 1.0)
+    asyncio.run(run())
     truth = {record["event_id"]: record["p_negative"] for record in simulator.iter_ground_truth()}
     true_p = np.array([truth[example["example_id"]] for example in examples], dtype=np.float64)
-    return JoinedStream(examples, true_p, found, time.perf_counter() - started, dict(counts))
+    elapsed = time.perf_counter() - started
+    return JoinedStream(world, examples, true_p, found, elapsed, driver.captured.steps)
 
 
 def without_negatives(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,11 +218,29 @@ def without_negatives(example: Mapping[str, Any]) -> dict[str, Any]:
     return {**example, "label": label, "kinds": kinds, "weight": DEFAULT_SEVERITY.get(label, 1.0)}
 
 
-def _p_negative(p: npt.NDArray[np.float32], ignore_negatives: bool) -> npt.NDArray[np.float64]:
-    if ignore_negatives:
-        # Without negative labels the negative heads only ever see 0: rank by engagement.
-        return 1.0 - p[:, _ENGAGEMENT].astype(np.float64)
-    return p_negative(p.astype(np.float64))
+class Scorer(Protocol):
+    """What a row of the table needs: learn a batch, give p(negative) of candidates."""
+
+    def learn_many(self, batch: ExampleBatch) -> None: ...
+
+    def p_negative(self, batch: CandidateBatch) -> npt.NDArray[np.float32]: ...
+
+
+@dataclass
+class Method:
+    """One row of the table: a learner, and whether it learns without negatives."""
+
+    name: str
+    build: Callable[[], Scorer]
+    ignore_negatives: bool = False
+    baseline: bool = False
+
+    def score(self, learner: Scorer, batch: CandidateBatch) -> npt.NDArray[np.float64]:
+        """The ranking score (higher: more likely negative)."""
+        if self.ignore_negatives and isinstance(learner, OnlineModel):
+            # Without negative labels the negative heads only ever see 0: rank by engagement.
+            return 1.0 - learner.predict_many(batch)[:, _ENGAGEMENT].astype(np.float64)
+        return learner.p_negative(batch).astype(np.float64)
 
 
 def _rank(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
@@ -245,122 +266,149 @@ def _auc(labels: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]) -> fl
     return RollingAUC(window=max(2, len(labels))).update(labels, scores).get()
 
 
-def _batches(examples: Sequence[Mapping[str, Any]], config: ModelConfig) -> list[ExampleBatch]:
-    """``examples`` in micro-batches of :data:`TRAIN_BATCH`, in order."""
-    return [
-        ExampleBatch.from_examples(examples[i : i + TRAIN_BATCH], config)
-        for i in range(0, len(examples), TRAIN_BATCH)
-    ]
-
-
 def _any_negative(batch: ExampleBatch) -> npt.NDArray[np.float64]:
     """The label every quality figure scores: 1 where an example has any negative reaction."""
     targets = batch.targets
     return np.maximum(targets[:, _EXPLICIT], targets[:, _IMPLICIT]).astype(np.float64)
 
 
+def after_explicit_negative(examples: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.bool_]:
+    """Whether each example's user had an explicit negative in an earlier example.
+
+    Examples
+    --------
+    >>> rows = [{"user_id": "a", "label": "hide"}, {"user_id": "a", "label": "none"},
+    ...         {"user_id": "b", "label": "none"}]
+    >>> after_explicit_negative(rows).tolist()
+    [False, True, False]
+    """
+    marked: set[str] = set()
+    flags = np.zeros(len(examples), dtype=bool)
+    for index, example in enumerate(examples):
+        flags[index] = example["user_id"] in marked
+        if example["label"] in EXPLICIT_NEGATIVE:
+            marked.add(example["user_id"])
+    return flags
+
+
+class Prepared:
+    """A stream featurised once: model batches, ablation batches, labels, flags."""
+
+    def __init__(self, stream: JoinedStream, config: ModelConfig) -> None:
+        examples = stream.examples
+        starts = range(0, len(examples), TRAIN_BATCH)
+        self.batches = [
+            ExampleBatch.from_examples(examples[i : i + TRAIN_BATCH], config) for i in starts
+        ]
+        self.ablated = [
+            ExampleBatch.from_examples(
+                [without_negatives(r) for r in examples[i : i + TRAIN_BATCH]], config
+            )
+            for i in starts
+        ]
+        self.labels = np.concatenate([_any_negative(b) for b in self.batches])
+        self.after_negative = after_explicit_negative(examples)
+        self.config = config
+
+
 def evaluate(
-    name: str,
-    config: ModelConfig,
-    stream: JoinedStream,
-    ignore_negatives: bool = False,
-    warmup_fraction: float = WARMUP_FRACTION,
-    segments: int = SEGMENTS,
+    method: Method, stream: JoinedStream, prepared: Prepared, warmup_fraction: float
 ) -> dict[str, Any]:
-    """Prequential pass of one model variant: metrics after warm-up, per stream segment, and
-    probe rank drops."""
-    model = OnlineModel(config)
-    # Metrics score the true label, "any negative", whatever the variant trained on.
-    labelled = _batches(stream.examples, config)
+    """Prequential pass of one method: AUC after warm-up, in the first tenth, log loss, AUC on
+    users with an earlier explicit negative, per segment, and probe rank drops."""
+    learner = method.build()
     n = len(stream.examples)
     warmup = int(warmup_fraction * n)
-    labels = np.zeros(n, dtype=np.float64)
+    labels = prepared.labels
     scores = np.zeros(n, dtype=np.float64)
     drops: dict[str, list[float]] = {"item": [], "creator": []}
     train_seconds = 0.0
-    for index, batch in enumerate(labelled):
+    for index, batch in enumerate(prepared.batches):
         start = index * TRAIN_BATCH
-        records = stream.examples[start : start + TRAIN_BATCH]
-        train = batch
-        if ignore_negatives:
-            train = ExampleBatch.from_examples([without_negatives(r) for r in records], config)
-        stop = start + len(records)
-        scores[start:stop] = _p_negative(model.predict_many(batch), ignore_negatives)
-        labels[start:stop] = _any_negative(batch)
+        stop = start + len(batch)
+        scores[start:stop] = method.score(learner, batch)
         probes = [
-            stream.probes[r["example_id"]] for r in records if r["example_id"] in stream.probes
+            stream.probes[r["example_id"]]
+            for r in stream.examples[start:stop]
+            if start >= warmup and r["example_id"] in stream.probes
         ]
-        probes = probes if start >= warmup else []
-        rows = [row for probe in probes for row in probe.rows]
-        before = _p_negative(model.predict_many(rows), ignore_negatives) if rows else None
+        rows = CandidateBatch.from_rows([row for p in probes for row in p.rows], prepared.config)
+        before = method.score(learner, rows) if probes else None
         tick = time.perf_counter()
-        model.learn_many(train)
+        learner.learn_many(prepared.ablated[index] if method.ignore_negatives else batch)
         train_seconds += time.perf_counter() - tick
         if before is None:
             continue
-        after = _p_negative(model.predict_many(rows), ignore_negatives)
+        after = method.score(learner, rows)
         for at, probe in zip(range(0, len(rows), CANDIDATES), probes, strict=True):
             # Ranking score is 1 - p_negative: a higher p_negative means a lower position.
-            drop = _rank(1.0 - after[at : at + CANDIDATES]) - _rank(
-                1.0 - before[at : at + CANDIDATES]
-            )
+            drop = _rank(-after[at : at + CANDIDATES]) - _rank(-before[at : at + CANDIDATES])
             drops["item"].append(float(drop[probe.disliked]))
             drops["creator"].append(float(drop[probe.same_creator].mean()))
-    truth = stream.true_p_negative
-    after_warmup = slice(warmup, None)
-    span = CANDIDATES - 1
+    late = slice(warmup, None)
+    first = slice(0, int(FIRST_FRACTION * n))
+    flagged = prepared.after_negative[late]
     return {
-        "variant": name,
-        "auc": _auc(labels[after_warmup], scores[after_warmup]),
-        "log_loss": LogLoss().update(labels[after_warmup], scores[after_warmup]).get(),
-        "oracle_auc": _auc(labels[after_warmup], truth[after_warmup]),
-        "oracle_log_loss": LogLoss().update(labels[after_warmup], truth[after_warmup]).get(),
-        "segments": [
-            (
-                start,
-                stop,
-                _auc(labels[start:stop], scores[start:stop]),
-                _auc(labels[start:stop], truth[start:stop]),
-            )
-            for start, stop in _segment_bounds(n, segments)
-        ],
+        "method": method.name,
+        "baseline": method.baseline,
+        "auc": _auc(labels[late], scores[late]),
+        "first_tenth": _auc(labels[first], scores[first]),
+        "log_loss": LogLoss().update(labels[late], scores[late]).get(),
+        "auc_after_negative": _auc(labels[late][flagged], scores[late][flagged]),
+        "segments": [_auc(labels[a:b], scores[a:b]) for a, b in _segment_bounds(n, SEGMENTS)],
         "probes": len(drops["item"]),
         "item_drop": float(np.mean(drops["item"])) if drops["item"] else math.nan,
-        "item_drop_pct": 100.0 * float(np.mean(drops["item"])) / span
-        if drops["item"]
-        else math.nan,
         "creator_drop": float(np.mean(drops["creator"])) if drops["creator"] else math.nan,
-        "creator_drop_pct": 100.0 * float(np.mean(drops["creator"])) / span
-        if drops["creator"]
-        else math.nan,
-        "train_examples_per_s": n / train_seconds,
+        "train_examples_per_s": n / max(train_seconds, 1e-9),
     }
 
 
 def offline_reference(
-    config: ModelConfig, stream: JoinedStream, passes: int, train_fraction: float = 0.8
-) -> tuple[float, list[tuple[int, float]]]:
-    """The oracle's AUC on the held-out part, and a model's after each of ``passes`` passes.
-
-    The model learns the first ``train_fraction`` of the stream (in order on the first pass,
-    shuffled by batch after), and is scored on the rest without learning from it: what this
-    much data allows the model family, free of the online model's one-pass constraint.
-    """
+    config: ModelConfig, prepared: Prepared, train_fraction: float = 0.8
+) -> dict[str, Any]:
+    """The model trained offline, one pass over the first ``train_fraction`` of the stream,
+    and scored on the rest without learning from it."""
     model = OnlineModel(config)
-    n = len(stream.examples)
-    cut = int(train_fraction * n)
-    train = _batches(stream.examples[:cut], config)
-    test = _batches(stream.examples[cut:], config)
+    cut = int(train_fraction * len(prepared.batches))
+    for batch in prepared.batches[:cut]:
+        model.learn_many(batch)
+    test = prepared.batches[cut:]
     labels = np.concatenate([_any_negative(batch) for batch in test])
-    rng = np.random.default_rng(config.seed)
-    aucs = []
-    for index in range(passes):
-        order = range(len(train)) if index == 0 else rng.permutation(len(train))
-        for position in order:
-            model.learn_many(train[position])
-        scores = np.concatenate([_p_negative(model.predict_many(b), False) for b in test])
-        aucs.append((index + 1, _auc(labels, scores)))
-    return _auc(labels, stream.true_p_negative[cut:]), aucs
+    scores = np.concatenate([model.p_negative(batch).astype(np.float64) for batch in test])
+    return {
+        "method": f"offline reference: one pass on the first {train_fraction:.0%}, "
+        f"scored on the rest",
+        "auc": _auc(labels, scores),
+        "log_loss": LogLoss().update(labels, scores).get(),
+    }
+
+
+def methods(seed: int, variants: Mapping[str, dict[str, Any]]) -> list[Method]:
+    """The default model, its ablation, each ``variants`` config and the baselines."""
+    base = ModelConfig(seed=seed, features=FEATURE_NAMES, severity=dict(DEFAULT_SEVERITY))
+    rows = [
+        Method("default", lambda: OnlineModel(base)),
+        Method("ablation: negatives ignored", lambda: OnlineModel(base), ignore_negatives=True),
+    ]
+    for name, overrides in variants.items():
+        config = ModelConfig.from_dict({**base.to_dict(), **overrides})
+        rows.append(Method(name, functools.partial(OnlineModel, config)))
+    for field_name in ("item", "creator", "category", "user"):
+        rows.append(
+            Method(
+                f"baseline: running {field_name} negative rate",
+                functools.partial(RunningRate, field_name, base),
+                baseline=True,
+            )
+        )
+    rows.append(
+        Method(
+            "baseline: logistic regression on the rates + dense features",
+            lambda: RateLogistic(base),
+            baseline=True,
+        )
+    )
+    return rows
 
 
 def machine() -> str:
@@ -381,123 +429,191 @@ def machine() -> str:
     )
 
 
-def _table(results: Sequence[Mapping[str, Any]]) -> str:
+def _figure(value: float, digits: int = 4) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _table(results: Sequence[Mapping[str, Any]], offline: Mapping[str, Any]) -> str:
     header = (
-        "| variant | AUC | log loss | oracle AUC | oracle log loss | AUC gap | probes "
-        "| item drop (pos / %) | same-creator drop (pos / %) | learn_many ex/s |"
+        "| method | AUC after warm-up | AUC first tenth | log loss "
+        "| AUC, users with an earlier explicit negative | probes "
+        "| disliked item drop (of 50) | same-creator drop | learn ex/s |"
     )
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 9]
     for r in results:
-        gap = r["oracle_auc"] - r["auc"]
         lines.append(
-            f"| {r['variant']} | {r['auc']:.4f} | {r['log_loss']:.4f} | {r['oracle_auc']:.4f} "
-            f"| {r['oracle_log_loss']:.4f} | {gap:+.4f} | {r['probes']} "
-            f"| {r['item_drop']:.1f} / {r['item_drop_pct']:.0f}% "
-            f"| {r['creator_drop']:.1f} / {r['creator_drop_pct']:.0f}% "
+            f"| {r['method']} | {_figure(r['auc'])} | {_figure(r['first_tenth'])} "
+            f"| {_figure(r['log_loss'])} | {_figure(r['auc_after_negative'])} | {r['probes']} "
+            f"| {_figure(r['item_drop'], 1)} | {_figure(r['creator_drop'], 1)} "
             f"| {r['train_examples_per_s']:,.0f} |"
         )
-    return "\n".join(lines)
-
-
-def _curve(results: Sequence[Mapping[str, Any]]) -> str:
-    """Learning curve: each variant's AUC per stream segment, beside the oracle's and the
-    first variant's gap to it (the oracle is the same for every variant)."""
-    header = (
-        "| examples | oracle AUC | "
-        + " | ".join(f"{r['variant']} AUC" for r in results)
-        + f" | {results[0]['variant']} gap |"
+    lines.append(
+        f"| {offline['method']} | {_figure(offline['auc'])} | — | "
+        f"{_figure(offline['log_loss'])} | — | — | — | — | — |"
     )
-    lines = [header, "|" + "---|" * (len(results) + 3)]
-    for index, (start, stop, _, oracle) in enumerate(results[0]["segments"]):
-        aucs = [r["segments"][index][2] for r in results]
-        lines.append(
-            f"| {start:,}-{stop:,} | {oracle:.4f} | "
-            + " | ".join(f"{auc:.4f}" for auc in aucs)
-            + f" | {oracle - aucs[0]:+.4f} |"
-        )
     return "\n".join(lines)
+
+
+def _curve(results: Sequence[Mapping[str, Any]], truth: Sequence[float]) -> str:
+    """AUC of each tenth of the stream: the oracle's, and each method's."""
+    header = "| tenth | oracle | " + " | ".join(r["method"] for r in results) + " |"
+    lines = [header, "|" + "---|" * (len(results) + 2)]
+    for index, oracle in enumerate(truth):
+        row = " | ".join(_figure(r["segments"][index]) for r in results)
+        lines.append(f"| {index + 1} | {_figure(oracle)} | {row} |")
+    return "\n".join(lines)
+
+
+def summary(world: str, results: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+    """The world's ``quality`` line, and the targets it misses (empty when it meets them).
+
+    The best baseline is the one with the highest AUC after warm-up; the cold-start target
+    is the best first tenth of any baseline, and the log-loss target the lowest of any.
+    """
+    by_name = {r["method"]: r for r in results}
+    default, ablation = by_name["default"], by_name["ablation: negatives ignored"]
+    baselines = [r for r in results if r["baseline"]]
+    best = max(baselines, key=lambda r: r["auc"])
+    first_best = max(r["first_tenth"] for r in baselines)
+    loss_best = min(r["log_loss"] for r in baselines)
+    line = (
+        f"quality {world}: default={default['auc']:.4f} best_baseline={best['auc']:.4f} "
+        f"ablation={ablation['auc']:.4f} first_tenth_default={default['first_tenth']:.4f} "
+        f"first_tenth_best_baseline={first_best:.4f}"
+    )
+    missed = []
+    if default["auc"] < best["auc"] + 0.01:
+        missed.append(f"AUC {default['auc']:.4f} < best baseline {best['auc']:.4f} + 0.01")
+    if default["auc"] < ablation["auc"] + 0.01:
+        missed.append(f"AUC {default['auc']:.4f} < ablation {ablation['auc']:.4f} + 0.01")
+    if default["first_tenth"] < first_best:
+        missed.append(f"first tenth {default['first_tenth']:.4f} < {first_best:.4f}")
+    if default["log_loss"] >= loss_best:
+        missed.append(f"log loss {default['log_loss']:.4f} >= baselines' {loss_best:.4f}")
+    return line, missed
+
+
+def _variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,key=value`` -> a ModelConfig override (values as Python literals)."""
+    name, _, pairs = text.partition(":")
+    overrides = {}
+    for pair in filter(None, pairs.split(",")):
+        key, _, value = pair.partition("=")
+        overrides[key.strip()] = ast.literal_eval(value.strip())
+    return name, overrides
+
+
+def _joined(world: str, impressions: int, args: argparse.Namespace) -> JoinedStream:
+    """:func:`join_stream`, or its pickle under ``--cache`` from an earlier identical run."""
+    if args.cache is None:
+        return join_stream(world, impressions, args.seed, probe_rate=args.probe_rate)
+    path = Path(args.cache) / f"{world}-{impressions}-{args.seed}-{args.probe_rate}.pickle"
+    if path.exists():
+        with path.open("rb") as saved:
+            stream: JoinedStream = pickle.load(saved)
+        return stream
+    stream = join_stream(world, impressions, args.seed, probe_rate=args.probe_rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as sink:
+        pickle.dump(stream, sink)
+    return stream
+
+
+def run_world(world: str, impressions: int, args: argparse.Namespace) -> None:
+    """Join one world, evaluate every method on it and print its tables and quality line."""
+    stream = _joined(world, impressions, args)
+    variants = {**(IDEAS if args.ideas else {}), **dict(args.variant)}
+    chosen = methods(args.seed, variants)
+    if args.only:
+        kept = ("default", "ablation: negatives ignored", *args.only)
+        chosen = [m for m in chosen if m.name in kept or m.baseline]
+    prepared = Prepared(stream, ModelConfig(features=FEATURE_NAMES))
+    results = [evaluate(m, stream, prepared, args.warmup) for m in chosen]
+    base = ModelConfig(seed=args.seed, features=FEATURE_NAMES, severity=dict(DEFAULT_SEVERITY))
+    offline = offline_reference(base, prepared)
+    n = len(stream.examples)
+    truth = [
+        _auc(prepared.labels[a:b], stream.true_p_negative[a:b])
+        for a, b in _segment_bounds(n, SEGMENTS)
+    ]
+    late = slice(int(args.warmup * n), None)
+    oracle = _auc(prepared.labels[late], stream.true_p_negative[late])
+    print(f"\n## {world} world: {impressions:,} impressions, seed {args.seed}")
+    print(
+        f"join (the worker's fold, in its order): {n:,} examples in {stream.join_seconds:.1f} s; "
+        f"{prepared.labels.mean():.1%} negative; warm-up {args.warmup:.0%}; micro-batch "
+        f"{TRAIN_BATCH}; first tenth = the first {int(FIRST_FRACTION * n):,} examples; "
+        f"{int(prepared.after_negative[late].sum()):,} scored examples of users with an "
+        f"earlier explicit negative; oracle AUC after warm-up {oracle:.4f}"
+    )
+    print()
+    print(_table(results, offline))
+    print()
+    print(_curve(results, truth))
+    print()
+    line, missed = summary(world, results)
+    print("targets met" if not missed else "targets missed: " + "; ".join(missed))
+    print(line, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark and print its tables; ``--quick`` for a ~30k-impression smoke run."""
+    """Run the benchmark on each world; ``--quick`` for short runs."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="30k impressions instead of 200k")
     parser.add_argument(
-        "--impressions",
-        type=int,
-        default=None,
-        help="stream length, about one example an impression; the join grows faster than "
-        "linearly (a user's table grows with the stream): ~60 s at 200k, ~8 min at 1M",
+        "--quick",
+        action="store_true",
+        help="30k / 50k impressions: a smoke run (the targets are for the full 200k)",
     )
+    parser.add_argument(
+        "--world", choices=(*WORLD_NAMES, "all"), default="all", help="world(s) to run"
+    )
+    parser.add_argument("--impressions", type=int, default=None, help="per world")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument(
         "--warmup", type=float, default=WARMUP_FRACTION, help="share of the stream not scored"
     )
+    parser.add_argument("--probe-rate", type=float, default=0.15, help="explicit negatives probed")
     parser.add_argument(
-        "--segments", type=int, default=SEGMENTS, help="rows of the learning-curve table"
+        "--variant",
+        type=_variant,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="an extra model row with these ModelConfig overrides",
     )
     parser.add_argument(
-        "--default-only", action="store_true", help="skip the ablation and the variants"
+        "--only",
+        action="append",
+        default=[],
+        help="run only these rows (with the default and the baselines)",
     )
     parser.add_argument(
-        "--offline-reference",
-        type=int,
-        default=0,
-        metavar="PASSES",
-        help="also train the default model offline on the first 80%% for up to PASSES "
-        "passes and score the last 20%% (what the data allows without the one-pass limit)",
+        "--ideas", action="store_true", help="add a row for each idea measured (IDEAS)"
+    )
+    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="folder to keep joined streams in between runs (the "
+        "join is most of a run's time; delete it after changing the fold or the simulator)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    impressions = args.impressions or (30_000 if args.quick else 200_000)
-    segments = 5 if args.quick and args.segments == SEGMENTS else args.segments
-    stream = join_stream(impressions, args.seed, probe_rate=0.5 if args.quick else 0.15)
-    base = ModelConfig(seed=args.seed)
-    variants: list[tuple[str, ModelConfig, bool]] = [
-        ("default", base, False),
-        ("ablation: negatives ignored", base, True),
-        ("adversarial_eps=0.05", ModelConfig(seed=args.seed, adversarial_eps=0.05), False),
-        ("extra_negatives=2", ModelConfig(seed=args.seed, extra_negatives=2), False),
-    ]
-    if args.default_only:
-        variants = variants[:1]
-    results = [
-        evaluate(name, config, stream, ignore, args.warmup, segments)
-        for name, config, ignore in variants
-    ]
-    print(f"## model quality ({impressions:,} impressions, seed {args.seed})")
-    print(machine())
-    print(
-        f"join: {len(stream.examples):,} examples in {stream.join_seconds:.1f} s; "
-        f"warm-up {args.warmup:.0%} (the first {int(args.warmup * len(stream.examples)):,} "
-        f"examples are not scored); micro-batch {TRAIN_BATCH}; "
-        f"{CANDIDATES} candidates a probe, up to {SAME_CREATOR} by the same creator"
-    )
-    print()
-    print(_table(results))
-    print()
-    print(f"Learning curve: prequential AUC of each {100 / segments:.0f}% of the stream.")
-    print()
-    print(_curve(results))
-    print()
-    if args.offline_reference > 0:
-        oracle, aucs = offline_reference(base, stream, args.offline_reference)
-        print(f"Offline reference: the default model trained on the first 80% and scored on "
-              f"the last 20% (oracle AUC there {oracle:.4f}).")  # fmt: skip
-        print()
-        print("| passes | held-out AUC | gap |")
-        print("|---|---|---|")
-        for passes, auc in aucs:
-            print(f"| {passes} | {auc:.4f} | {oracle - auc:+.4f} |")
-        print()
-    batches = 15 if args.quick else 40
-    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        speed = bench_model_throughput.measure(device, TRAIN_BATCH, batches, warmup=5)
-        print(
-            f"throughput {device}: {speed['examples_per_s']:,.0f} examples/s featurise+train, "
-            f"{speed['train_only_examples_per_s']:,.0f} train only (batch {TRAIN_BATCH})"
-        )
+    print(f"# model quality\n{machine()}")
+    if not args.no_throughput:
+        batches = 15 if args.quick else 40
+        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+            speed = bench_model_throughput.measure(device, TRAIN_BATCH, batches, warmup=5)
+            print(
+                f"throughput {device}: {speed['examples_per_s']:,.0f} examples/s "
+                f"featurise+train, {speed['train_only_examples_per_s']:,.0f} train only "
+                f"(batch {TRAIN_BATCH})"
+            )
+    worlds = WORLD_NAMES if args.world == "all" else (args.world,)
+    for world in worlds:
+        full, quick = IMPRESSIONS[world]
+        run_world(world, args.impressions or (quick if args.quick else full), args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ CONFIGS = {
     "extra_negatives": ModelConfig(buckets=2**16, extra_negatives=2),
     # One Adagrad over everything needs the larger shared lr it was tuned with.
     "adagrad": ModelConfig(buckets=2**16, optimizer="adagrad", lr=0.03),
+    # Per-example id-pair biases in the deep part, off by default.
+    "pair_biases": ModelConfig(buckets=2**16, crosses=("user*creator", "user*category")),
+    # Rate counts that fade (lazy decay state in the rate table).
+    "decay": ModelConfig(buckets=2**16, rate_half_life=5_000.0),
 }
 Factory = Callable[[], OnlineModel]
 MODELS: dict[str, Factory] = {
@@ -73,10 +77,13 @@ def test_seeded_runs_are_identical(factory: Factory, make_toy_stream: Any) -> No
 
 
 def test_different_seeds_differ(make_toy_stream: Any) -> None:
+    # A fresh model is its (seedless) wide part alone; the seed shows once the deep part,
+    # initialised from it, has a share of the logits.
     probe = make_toy_stream(16, seed=3)
-    left = OnlineModel(ModelConfig(seed=0)).predict_many(probe)
-    right = OnlineModel(ModelConfig(seed=1)).predict_many(probe)
-    assert not np.array_equal(left, right)
+    left, right = OnlineModel(ModelConfig(seed=0)), OnlineModel(ModelConfig(seed=1))
+    for model in (left, right):
+        model.learn_many(probe)
+    assert not np.array_equal(left.predict_many(probe), right.predict_many(probe))
 
 
 def test_state_dict_round_trip(factory: Factory, make_toy_stream: Any) -> None:

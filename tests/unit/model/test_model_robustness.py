@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from model import HEADS, ExampleBatch, ModelConfig, OnlineModel, sample_extra_negatives
-from model.online import _weighted_bce
+from model import (
+    HEADS,
+    ExampleBatch,
+    ModelConfig,
+    OnlineModel,
+    sample_extra_negatives,
+)
+from model.online import _internal_targets, _internal_weights, _loss
 
-CONFIG = ModelConfig(buckets=2**10, features=())
+# The deep part whole from the first step: these tests are about its options.
+CONFIG = ModelConfig(buckets=2**10, cross_buckets=2**10, features=(), deep_warmup=0.0)
 EXPLICIT = HEADS.index("explicit_negative")
 
 
@@ -88,34 +96,55 @@ def test_sampling_is_seeded() -> None:
 def test_extra_negatives_change_training_and_do_not_count_as_seen() -> None:
     rows = [row("hidden", "c1", "news", "hide")] + [row(f"i{i}", "c1", "news") for i in range(5)]
     plain = OnlineModel(CONFIG)
-    boosted = OnlineModel(ModelConfig(buckets=2**10, features=(), extra_negatives=3))
+    boosted = OnlineModel(
+        ModelConfig(
+            buckets=2**10, cross_buckets=2**10, features=(), deep_warmup=0.0, extra_negatives=3
+        )
+    )
     plain.learn_many(rows)
     boosted.learn_many(rows)
     assert boosted.examples_seen == plain.examples_seen == 6
-    probe = [row("i1", "c1", "news")]
-    assert boosted.predict_many(probe)[0, EXPLICIT] > plain.predict_many(probe)[0, EXPLICIT]
+    # The sampled rows teach the deep part (the wide part learns the real rows, around it):
+    # after a few steps the same creator's items, seen or not, look likelier to be rejected.
+    for _ in range(2):
+        plain.learn_many(rows)
+        boosted.learn_many(rows)
+    probe = [row("i1", "c1", "news"), row("unseen", "c1", "news")]
+    assert (boosted.predict_many(probe)[:, EXPLICIT] > plain.predict_many(probe)[:, EXPLICIT]).all()
 
 
 def test_adversarial_perturbation_raises_the_loss() -> None:
     """The APR term evaluates the loss at a worst-case point: never below the clean loss here."""
-    model = OnlineModel(ModelConfig(buckets=2**10, features=(), adversarial_eps=0.5))
+    model = OnlineModel(
+        ModelConfig(
+            buckets=2**10, cross_buckets=2**10, features=(), deep_warmup=0.0, adversarial_eps=0.5
+        )
+    )
     batch = ExampleBatch.from_examples(
         [row(f"i{i}", "c1", "news", "hide" if i % 2 else "click") for i in range(32)], CONFIG
     )
-    ids, dense, wide_rows = model._tensors(batch)
+    ids, bias_rows = model._tensors(batch)
+    wide = model._wide.inputs(batch, model._wide.rows(batch))
+    base = model._wide.logits(wide)
     # On the model's device (cuda when present), as learn_many puts them.
-    targets = torch.from_numpy(batch.targets).to(model.device)
-    weights = torch.from_numpy(batch.weights).to(model.device)
+    targets = _internal_targets(torch.from_numpy(batch.targets).to(model.device))
+    weights = _internal_weights(targets, torch.from_numpy(batch.weights).to(model.device))
     embedded = model._net.embed(ids)
-    clean = _weighted_bce(model._net.head(embedded, dense, wide_rows), targets, weights)
-    adversarial = model._adversarial_loss(clean, ids, embedded, dense, wide_rows, targets, weights)
+    clean = _loss(base + model._net(embedded, wide, bias_rows), targets, weights)
+    adversarial = model._adversarial_loss(
+        clean, ids, embedded, wide, bias_rows, base, targets, weights
+    )
     assert adversarial.item() > clean.item()
 
 
 def test_adversarial_training_differs_from_plain() -> None:
     rows = [row(f"i{i}", "c1", "news", "hide" if i % 2 else "click") for i in range(32)]
     plain = OnlineModel(CONFIG)
-    robust = OnlineModel(ModelConfig(buckets=2**10, features=(), adversarial_eps=0.1))
+    robust = OnlineModel(
+        ModelConfig(
+            buckets=2**10, cross_buckets=2**10, features=(), deep_warmup=0.0, adversarial_eps=0.1
+        )
+    )
     for _ in range(3):
         plain.learn_many(rows)
         robust.learn_many(rows)
@@ -131,17 +160,25 @@ def test_invalid_config_is_rejected(bad: dict[str, Any]) -> None:
 
 
 def test_severity_reweights_explicit_negatives_without_inflating_them() -> None:
-    """Severity ranks explicit negatives among themselves; their total pull stays unweighted."""
-    logits = torch.zeros(4, 3)
-    targets = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
-    unweighted = _weighted_bce(logits, targets, torch.ones(4))
-    # Same severity on every explicit negative (and any on the others): the plain loss.
-    uniform = _weighted_bce(logits, targets, torch.tensor([5.0, 5.0, 1.0, 0.5]))
-    assert uniform.item() == pytest.approx(unweighted.item())
+    """Severity ranks explicit negatives among themselves; their total pull stays unweighted,
+    and p(negative) and engagement are never weighted by it."""
+    heads = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    targets = _internal_targets(heads)
+    assert targets.tolist() == [[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1]]
+    # Same severity on every explicit negative (and any on the others): the plain weights.
+    plain = _internal_weights(targets, torch.ones(4))
+    assert plain.tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 0, 1]]
+    same = _internal_weights(targets, torch.tensor([5.0, 5.0, 1.0, 0.5]))
+    assert torch.equal(same, plain)
     # A report next to a dislike: the report's row counts more, their mean weight stays 1.
-    logits.requires_grad_(True)
-    _weighted_bce(logits, targets, torch.tensor([5.0, 3.0, 1.0, 1.0])).backward()
-    assert logits.grad is not None
-    report, dislike = logits.grad[0, 0].item(), logits.grad[1, 0].item()
-    assert report < dislike < 0
-    assert (report + dislike) / 2 == pytest.approx(-0.5 / 4)
+    mixed = _internal_weights(targets, torch.tensor([5.0, 3.0, 1.0, 1.0]))
+    assert mixed[:, 1].tolist() == pytest.approx([1.25, 0.75, 1.0, 0.0])
+    assert mixed[:, 0].tolist() == mixed[:, 2].tolist() == [1.0] * 4
+
+
+def test_loss_is_the_weighted_mean_of_each_logits_log_loss() -> None:
+    logits = torch.zeros(2, 3)
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    weights = torch.tensor([[1.0, 2.0, 1.0], [1.0, 0.0, 1.0]])
+    # log 2 per weighted logit, 1 + 2 + 1 + 1 + 0 + 1 weights over 2 rows.
+    assert _loss(logits, targets, weights).item() == pytest.approx(6 * math.log(2) / 2)
