@@ -57,6 +57,8 @@ class Result:
     unsuppressed: int
     loop_lag_max_ms: float
     rebalances: int
+    late: int
+    excluded: int
     rss_per_user_bytes: float
 
 
@@ -147,6 +149,9 @@ def run_world(
         for event_id in update["trigger_event_ids"]:
             if strong.get(event_id) in items:
                 suppressed.add(event_id)
+    late = sum(v for (n, labels), v in samples.items()
+               if n == "negstream_events_total" and ("outcome", "late") in labels)  # fmt: skip
+    excluded = sum(v for (n, _), v in samples.items() if n == "negstream_examples_excluded_total")
     lag = max(
         (v for (n, _), v in samples.items() if n == "negstream_event_loop_lag_max_seconds"),
         default=0.0,
@@ -167,6 +172,8 @@ def run_world(
         unsuppressed=len(set(strong) - suppressed),
         loop_lag_max_ms=lag * 1000,
         rebalances=max(0, int(assignments) - 1),
+        late=int(late),
+        excluded=int(excluded),
         rss_per_user_bytes=max(0, rss - idle_rss) / max(users, 1),
     )
 
@@ -199,12 +206,14 @@ def state_memory(users: int, impressions: int, seed: int) -> tuple[int, float]:
 def table(results: Sequence[Result]) -> str:
     """The results as a Markdown table."""
     head = ("world", "events", "users", "events/s", "examples", "impressions", "duplicates",
-            "missing", "strong negatives", "unsuppressed", "loop lag max (ms)", "rebalances",
+            "missing", "late events", "excluded (abuse guard)", "strong negatives",
+            "unsuppressed", "loop lag max (ms)", "rebalances",
             "worker RSS growth / user (B, model and buffers included)")  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = (r.world, f"{r.events:,}", f"{r.users:,}", f"{r.events_per_s:,.0f}",
-                 f"{r.examples:,}", f"{r.impressions:,}", r.duplicates, r.missing,
+                 f"{r.examples:,}", f"{r.impressions:,}", r.duplicates, r.missing, r.late,
+                 r.excluded,
                  f"{r.strong_negatives:,}", r.unsuppressed, f"{r.loop_lag_max_ms:.0f}",
                  r.rebalances, f"{r.rss_per_user_bytes:,.0f}")  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
