@@ -90,6 +90,11 @@ def _sentinels(settings: Settings, after: float) -> list[tuple[str, bytes, Any]]
     return messages
 
 
+def metric_sum(samples: dict[tuple[str, Any], float], name: str) -> float:
+    """Sum of one metric's samples over all labels, from a scrape."""
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
 def _wait_metric(worker: WorkerProcess, name: str, target: float, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while True:
@@ -136,11 +141,19 @@ def run_world(
         rss = rss_bytes(worker.process.pid)  # type: ignore[union-attr]
     finally:
         worker.stop()
+    # Read back at least what the worker says it published (more when copies were written),
+    # stopping at the first pause after that: a large topic takes the broker a while.
+    published = metric_sum(samples, "negstream_examples_total")
     examples = [
-        orjson.loads(v) for _, v in consume(settings, "examples", lambda m: False, timeout=15)
+        orjson.loads(v)
+        for _, v in consume(settings, "examples", lambda m: len(m) >= published, timeout=600)
     ]
     counts = Counter(e["example_id"] for e in examples if e["example_id"] in imp_ids)
-    updates = [orjson.loads(v) for _, v in consume(settings, "scores", lambda m: False, timeout=15)]
+    published = metric_sum(samples, "negstream_score_updates_total")
+    updates = [
+        orjson.loads(v)
+        for _, v in consume(settings, "scores", lambda m: len(m) >= published, timeout=600)
+    ]
     suppressed: set[str] = set()
     for update in updates:
         if update["source"] != "fast_path":
