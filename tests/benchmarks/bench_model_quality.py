@@ -37,7 +37,7 @@ from simulator.stream import IMPRESSIONS_TOPIC, Simulator, dumps_json
 from simulator.world import category_name, creator_name, item_name
 from simulator.worlds import HEAVY_QUICK_IMPRESSIONS, WORLD_NAMES, world_config
 from streams.settings import Settings
-from tests.benchmarks import bench_model_throughput
+from tests.benchmarks import training
 from tests.driver import FoldDriver
 
 _EXPLICIT = HEADS.index("explicit_negative")
@@ -604,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_throughput:
         batches = 15 if args.quick else 40
         for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-            speed = bench_model_throughput.measure(device, TRAIN_BATCH, batches, warmup=5)
+            speed = training.measure(device, TRAIN_BATCH, batches, warmup=5)
             print(
                 f"throughput {device}: {speed['examples_per_s']:,.0f} examples/s "
                 f"featurise+train, {speed['train_only_examples_per_s']:,.0f} train only "
