@@ -34,6 +34,10 @@ Record = Impression | Feedback
 REBUILD_EVERY_S = 30.0
 #: Longest CPU stretch of a batch before it lets the event loop run other tasks.
 YIELD_EVERY_S = 0.002
+#: A user's events of one batch are folded this many at a time, pausing in between: a
+#: power user's burst (hundreds of strong negatives, each with a fast-path update) would
+#: otherwise hold the event loop for its whole length.
+USER_STEP_EVENTS = 32
 
 
 class SuppressionsAhead(Protocol):
@@ -161,10 +165,17 @@ class InputPipeline:
         for user_id, positions in by_user.items():
             partition = messages[positions[-1]].partition
             batch = [records[p] for p in positions]
-            state, out = fold.apply_and_advance(
-                self.users.get(user_id), batch, self.config, marks[partition], user_id
-            )
-            await self.pause()
+            steps = fold.apply_and_advance_in_steps(
+                self.users.get(user_id), batch, self.config, marks[partition], user_id,
+                USER_STEP_EVENTS,
+            )  # fmt: skip
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    state, out = done.value
+                    break
+                await self.pause()
             batch_out.extend(out)
             new_states.append((user_id, partition, state))
         outcomes.update(batch_out.counts)

@@ -145,9 +145,12 @@ class Trainer:
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         metrics.CHECKPOINT_TIMESTAMP.set(time.time())
 
-    def close(self) -> None:
-        """Checkpoint at shutdown and stop the model thread."""
+    async def close(self) -> None:
+        """Checkpoint at shutdown (on the model thread: a checkpoint takes the event loop's
+        thread for about half a second) and stop the model thread."""
+        loop = asyncio.get_running_loop()
         try:
-            self.checkpoint()
+            await asyncio.shield(loop.run_in_executor(self.executor, self.checkpoint))
         finally:
+            # Also when the wait above is cancelled: the checkpoint still completes.
             self.executor.shutdown(wait=True)

@@ -184,7 +184,7 @@ async def train_batches(
             rescorer.learned(examples)
             source.ack(messages)
     finally:
-        trainer.close()
+        await trainer.close()
 
 
 async def _until_failure(app: faust.App, name: str, loop: Awaitable[None]) -> None:

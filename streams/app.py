@@ -29,6 +29,10 @@ def broker_credentials(settings: Settings) -> Any:
     return None
 
 
+#: Records one poll of the consumer hands over (one event-loop step of about 10 ms).
+MAX_POLL_RECORDS = 500
+
+
 def build_app(settings: Settings) -> faust.App:
     """A Faust app configured from ``settings``; agents are registered by the worker."""
     datadir = Path(settings.data_dir) / "faust"
@@ -51,6 +55,10 @@ def build_app(settings: Settings) -> faust.App:
         broker_request_timeout=max(30.0, settings.session_timeout_s + 5),
         producer_max_batch_size=settings.producer_max_batch_size,
         producer_linger=0.0,
+        # Faust turns each fetched record into a message, with a highwater lookup and a
+        # sensor call, in one event-loop step per poll: unbounded, a backlog's poll of
+        # thousands of records held the loop for 100-200 ms.
+        broker_max_poll_records=MAX_POLL_RECORDS,
         stream_buffer_maxsize=max(4096, 4 * settings.batch_size),
         web_enabled=True,
         web_bind=settings.metrics_host,

@@ -32,12 +32,14 @@ class Truth:
         """Expected label of each impression: its most severe matching feedback kind."""
         result = {}
         for user, impressions in self.impressions.items():
+            by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for fb in self.feedback.get(user, []):
+                by_item[fb["item_id"]].append(fb)
             for imp in impressions:
                 kinds = [
                     fb["kind"]
-                    for fb in self.feedback.get(user, [])
-                    if fb["item_id"] == imp["item_id"]
-                    and (not fb.get("request_id") or not imp.get("request_id")
+                    for fb in by_item.get(imp["item_id"], [])
+                    if (not fb.get("request_id") or not imp.get("request_id")
                          or fb["request_id"] == imp["request_id"])
                     and -skew <= fb["timestamp"] - imp["timestamp"] <= label_window
                 ]  # fmt: skip

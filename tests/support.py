@@ -10,11 +10,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import decode_example
 from simulator.stream import Simulator, SimulatorConfig
-from streams.broker import die_with_parent, free_port, wait_for_port
+from streams.broker import BrokerError, die_with_parent, free_port, wait_for_port
 from streams.settings import PREFIX, Settings
 
 
@@ -254,16 +255,16 @@ TABLE_SETTINGS = {
 FLUSH_USERS = [f"zz-flush-{n}" for n in range(16)]
 
 
-def generated_stream() -> Stream:
+def generated_stream(impressions: int = 3000, users: int = 40) -> Stream:
     """Simulated events with duplicates and out-of-order feedback, plus late copies that
     land hundreds of seconds back (across window boundaries), then a far-future event per
     flush user that moves every partition's watermark past the last label window."""
-    config = SimulatorConfig(n_users=40, n_items=300, n_creators=30, n_categories=8, seed=7,
+    config = SimulatorConfig(n_users=users, n_items=300, n_creators=30, n_categories=8, seed=7,
                              mean_request_gap_s=0.5, impressions_per_request=2,
                              duplicate_rate=0.05, out_of_order_rate=0.05)  # fmt: skip
     stream: Stream = []
     start = config.start_time
-    for n, event in enumerate(Simulator(config).events(3000)):
+    for n, event in enumerate(Simulator(config).events(impressions)):
         assert isinstance(event.value, dict)
         stream.append((event.topic, event.value))
         if n % 40 == 0 and event.value["timestamp"] > start + LATE_BY + 10:
@@ -282,27 +283,44 @@ def send_paced(settings: Settings, stream: Stream, rate: float) -> None:
     """Send ``stream`` in order, keyed by user, in chunks of 100 at about ``rate`` events/s."""
     topic = {"impressions": "impressions", "negative-feedback": "feedback"}
     step = 100
+    started = time.monotonic()
     for first in range(0, len(stream), step):
         chunk = stream[first : first + step]
         produce(settings, ((topic[t], v["user_id"].encode(), v) for t, v in chunk))
-        time.sleep(step / rate)
+        # Paced from the start, so the time each send takes does not slow the rate.
+        time.sleep(max(0.0, started + (first + len(chunk)) / rate - time.monotonic()))
 
 
-def compare_tables(worker: WorkerProcess, settings: Settings, truth: Any) -> None:
+def compare_tables(
+    worker: WorkerProcess | Sequence[WorkerProcess], settings: Settings, truth: Any
+) -> None:
     """Assert every non-flush user's short and long window counters equal ``truth``'s
-    (a :class:`tests.ground_truth.Truth`)."""
+    (a :class:`tests.ground_truth.Truth`). With several workers, each user is read from
+    the one that owns it (the others answer 404)."""
+    workers = [worker] if isinstance(worker, WorkerProcess) else list(worker)
     # The long window's buckets: a whole number of steps, at most 48 of them.
     steps = math.ceil(settings.window_long_s / 48 / settings.window_step_s - 1e-9)
     long_step = max(1, steps) * settings.window_step_s
     for user in truth.impressions:
         if user in FLUSH_USERS:
             continue
-        view = orjson.loads(worker.get(f"/users/{user}/"))
+        view = orjson.loads(user_page(workers, user))
         expected_short = truth.view(user, settings.window_short_s, settings.window_step_s)
         expected_long = truth.view(user, settings.window_long_s, long_step)
         for name, expected in (("short", expected_short), ("long", expected_long)):
             got = {k: view[name][k] for k in expected}
             assert got == expected, f"{user} {name} window: {got} != {expected}"
+
+
+def user_page(workers: Sequence[WorkerProcess], user: str) -> bytes:
+    """``/users/<user>/`` from whichever of ``workers`` owns the user."""
+    for worker in workers:
+        try:
+            return worker.get(f"/users/{user}/")
+        except urllib.error.HTTPError as error:
+            if error.code != 404:
+                raise
+    raise AssertionError(f"no worker owns {user}")
 
 
 def examples_by_id(settings: Settings, expected: int) -> list[Any]:
@@ -349,3 +367,117 @@ def dashboard_exprs() -> list[tuple[str, str, str]]:
         if isinstance(query, dict):
             found.append((f"${variable['name']}", query["query"], ""))
     return found
+
+
+# --- fault and chaos tests: workers under paced load --------------------------------
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class Feeder(threading.Thread):
+    """Sends ``stream`` in order at ``rate`` events/s in the background; ``sent`` counts."""
+
+    def __init__(self, settings: Settings, stream: Stream, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.stream, self.rate = settings, stream, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+        # Held by the sending loop around each chunk, and by pause() until resume().
+        self.sending = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            for first in range(0, len(self.stream), 100):
+                chunk = self.stream[first : first + 100]
+                with self.sending:
+                    send_paced(self.settings, chunk, self.rate)
+                    self.sent += len(chunk)
+        except BaseException as error:  # reported by finish()
+            self.error = error
+
+    def pause(self) -> None:
+        """Wait for the chunk being sent, then send nothing until :meth:`resume`."""
+        self.sending.acquire()
+
+    def resume(self) -> None:
+        self.sending.release()
+
+    def finish(self, timeout: float = 120.0) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def expected_labels(truth: Any, settings: Settings) -> dict[str, str]:
+    labels = truth.labels(settings.label_window_s)
+    return {i: k for i, k in labels.items() if not i.startswith("flush")}
+
+
+def check_examples(settings: Settings, expected: dict[str, str]) -> int:
+    """No expected example lost or mislabelled; redelivered copies identical. Returns copies."""
+    return assert_once_by_id(examples_by_id(settings, len(expected)), expected)
+
+
+def start_all(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
+    """Start worker processes side by side (each start imports torch and Faust).
+
+    Launched from this thread: the children die with the thread that forked them
+    (PR_SET_PDEATHSIG), so a helper thread must not start them.
+    """
+    for worker in workers:
+        worker.process = child_process(
+            [sys.executable, "-m", "negstream", "worker"],
+            env=settings_env(worker.settings),
+            log_path=worker.log_path,
+        )
+
+    def up(worker: WorkerProcess) -> bool:
+        assert worker.process is not None
+        assert worker.process.poll() is None, f"worker exited early:\n{worker.log()[-3000:]}"
+        try:
+            wait_for_port(worker.settings.metrics_host, worker.settings.metrics_port, 0.2)
+        except BrokerError:
+            return False
+        return True
+
+    for worker in workers:
+        wait_until(lambda w=worker: up(w), timeout, f"worker {worker.log_path.name} to start")
+
+
+def strong_negatives(truth: Any) -> dict[str, str]:
+    """Item of every accepted strong negative of a :class:`tests.ground_truth.Truth`, by
+    event id (the flush users left out)."""
+    from schemas.kinds import STRONG_NEGATIVE
+
+    return {
+        fb["event_id"]: fb["item_id"]
+        for user, events in truth.feedback.items()
+        if user not in FLUSH_USERS
+        for fb in events
+        if fb["kind"] in STRONG_NEGATIVE
+    }
+
+
+def suppressed_by_their_update(
+    updates: Iterable[dict[str, Any]], strong: dict[str, str]
+) -> set[str]:
+    """The strong negatives (event id → item) whose item is suppressed in a fast-path
+    ScoreUpdate (decoded) that names them as its trigger."""
+    done: set[str] = set()
+    for update in updates:
+        if update["source"] != "fast_path":
+            continue
+        items = {s["target_id"] for s in update["suppressions"] if s["target_type"] == "item"}
+        done.update(e for e in update["trigger_event_ids"] if strong.get(e) in items)
+    return done

@@ -18,6 +18,7 @@ Event time, whatever the read order (README "Event-time semantics"):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from sys import intern
 
@@ -102,8 +103,32 @@ def apply_and_advance(
     user_id: str,
 ) -> tuple[UserState, Outputs]:
     """:func:`apply_events` then :func:`advance` at the same watermark, copying once."""
+    steps = apply_and_advance_in_steps(state, events, config, watermark, user_id, len(events))
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: tuple[UserState, Outputs] = done.value
+            return result
+
+
+def apply_and_advance_in_steps(
+    state: UserState | None,
+    events: list[Event],
+    config: StateConfig,
+    watermark: float,
+    user_id: str,
+    step: int,
+) -> Generator[None, None, tuple[UserState, Outputs]]:
+    """:func:`apply_and_advance` that pauses (yields) after every ``step`` events and before
+    labelling, and returns its result: a caller on an event loop lets other tasks run
+    between the parts of a heavy user's long batch. The result does not depend on ``step``.
+    """
     state, out = _copy(state), Outputs()
-    _apply(state, events, config, watermark, out)
+    writer = _Counter(state, config)
+    for start in range(0, len(events), max(1, step)):
+        _apply(state, events[start : start + step], config, watermark, out, writer)
+        yield
     _advance(state, watermark, user_id, config, out)
     _expire(state, config, watermark, out)
     return state, out
@@ -174,9 +199,14 @@ def feedback_counters(kind: str, creator_id: str | None, category: str | None) -
 
 
 def _apply(
-    state: UserState, events: list[Event], config: StateConfig, watermark: float, out: Outputs
+    state: UserState,
+    events: list[Event],
+    config: StateConfig,
+    watermark: float,
+    out: Outputs,
+    writer: _Counter | None = None,
 ) -> None:
-    writer = _Counter(state, config)
+    writer = writer or _Counter(state, config)
     seen = state.seen
     for event in events:
         kind = "impression" if isinstance(event, Impression) else "feedback"
@@ -433,6 +463,7 @@ __all__ = [
     "Outputs",
     "advance",
     "apply_and_advance",
+    "apply_and_advance_in_steps",
     "apply_events",
     "next_deadline",
 ]

@@ -72,7 +72,7 @@ def test_sigkill_mid_stream_loses_nothing_and_dedupes_by_id(
     expected = {i: k for i, k in truth.labels(settings.label_window_s).items()
                 if not i.startswith("flush")}  # fmt: skip
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    producer = threading.Thread(target=send_paced, args=(settings, stream, 1500))
+    producer = threading.Thread(target=send_paced, args=(settings, stream, 600))
     producer.start()
     try:
         time.sleep(1.5)

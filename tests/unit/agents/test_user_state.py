@@ -216,3 +216,41 @@ def _settled(state: UserState) -> UserState:
     horizon = state.clock - SETTINGS.dedup_ttl_s
     seen = {k: v for k, v in {**state.seen_old, **state.seen}.items() if v >= horizon}
     return dataclasses.replace(state, seen=seen, seen_old={})
+
+
+def test_folding_in_steps_gives_the_result_of_one_pass() -> None:
+    # The pipeline folds a heavy user's long batch a few events at a time, pausing in
+    # between; the state and every output must not depend on where it paused.
+    import random
+
+    rng = random.Random(11)
+    events: list[Impression | Feedback] = []
+    t = 0.0
+    for n in range(300):
+        t += rng.expovariate(1 / 5)
+        item = f"i{rng.randrange(12)}"
+        if rng.random() < 0.5:
+            events.append(imp(f"e{n}", t, item=item))
+        else:
+            events.append(fb(f"e{n}", t, kind=rng.choice(["dislike", "hide", "click"]), item=item))
+    start, _ = user_state.apply_events(None, events[:40], SETTINGS)
+    rest, mark = events[40:], T0 + t / 2
+    whole = user_state.apply_and_advance(start, rest, SETTINGS, mark, "u1")
+    for step in (1, 7, 32, len(rest) + 5):
+        steps = user_state.apply_and_advance_in_steps(start, rest, SETTINGS, mark, "u1", step)
+        pauses = 0
+        while True:
+            try:
+                next(steps)
+                pauses += 1
+            except StopIteration as done:
+                state, out = done.value
+                break
+        assert pauses >= len(rest) // step
+        assert state.to_wire() == whole[0].to_wire()
+        assert (out.examples, out.updates, out.counts) == (
+            whole[1].examples,
+            whole[1].updates,
+            whole[1].counts,
+        )
+        assert out.updates and out.examples
