@@ -50,6 +50,7 @@ def model_version(worker: WorkerProcess) -> float | None:
     return worker.metrics().get(("negstream_model_version", ()))
 
 
+@pytest.mark.timeout(480)  # about 3 minutes; more on a loaded machine
 def test_three_workers_with_random_sigkills_lose_nothing(
     broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
