@@ -107,6 +107,11 @@ class InputPipeline:
         """Wait until every computed batch is delivered (and its events acked)."""
         await self.delivery.flush()
 
+    async def settle(self) -> None:
+        """Wait for the batch being computed, then until everything computed is delivered."""
+        async with self.lock:
+            await self.delivery.flush()
+
     def on_assigned(self) -> None:
         """Partitions were assigned: the deadline index is rebuilt before the next batch."""
         self.index_stale = True

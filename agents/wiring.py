@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait at shutdown for computed input batches to be delivered.
 SHUTDOWN_FLUSH_S = 10.0
+#: Longest wait, when partitions are revoked, for what was computed to be delivered.
+REVOKE_FLUSH_S = 10.0
 
 
 def state_config(settings: Settings) -> StateConfig:
@@ -120,6 +122,16 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.on_partitions_revoked.connect
     async def on_revoked(*args: Any, **kwargs: Any) -> None:
         revoked = args[1] if len(args) > 1 else kwargs.get("revoked", ())
+        # Before another worker may own these partitions, everything this one computed is
+        # delivered: a label sweep's changelog records (no input event of theirs waits for
+        # an ack, so Faust does not wait for them) landing after the new owner's would be
+        # read back by a later recovery as the users' newest states.
+        try:
+            await asyncio.wait_for(pipeline.settle(), REVOKE_FLUSH_S)
+        except TimeoutError:
+            log.warning(
+                "partitions revoked with batches still undelivered after %.0f s", REVOKE_FLUSH_S
+            )
         inputs = {pipeline.impressions_topic, pipeline.feedback_topic}
         partitions = {tp.partition for tp in revoked if tp.topic in inputs}
         pipeline.forget_partitions(partitions)

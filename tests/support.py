@@ -323,9 +323,37 @@ def user_page(workers: Sequence[WorkerProcess], user: str) -> bytes:
     raise AssertionError(f"no worker owns {user}")
 
 
-def examples_by_id(settings: Settings, expected: int) -> list[Any]:
-    """Every published example, decoded, once at least ``expected`` have arrived."""
-    consume(settings, "examples", lambda got: len(got) >= expected, timeout=60)
+def distinct_examples(at_least: int) -> Callable[[list[tuple[bytes | None, bytes]]], bool]:
+    """A :func:`consume` stop rule: ``at_least`` distinct example ids read (copies of one
+    example count once, so copies cannot stop a read before a late example arrives)."""
+    ids: set[str] = set()
+    read = [0]
+
+    def done(got: list[tuple[bytes | None, bytes]]) -> bool:
+        for _, value in got[read[0] :]:
+            ids.add(orjson.loads(value)["example_id"])
+        read[0] = len(got)
+        return len(ids) >= at_least
+
+    return done
+
+
+def quiet_after(at_least: int, quiet_s: float) -> Callable[[list[Any]], bool]:
+    """A :func:`consume` stop rule: ``at_least`` records read, then none new for ``quiet_s``
+    (a broker on S3 pauses longer than a consumer's poll)."""
+    last = [0, time.monotonic()]
+
+    def done(got: list[Any]) -> bool:
+        if len(got) != last[0]:
+            last[:] = [len(got), time.monotonic()]
+        return len(got) >= at_least and time.monotonic() - last[1] >= quiet_s
+
+    return done
+
+
+def examples_by_id(settings: Settings, expected: int, timeout: float = 60.0) -> list[Any]:
+    """Every published example, decoded, once ``expected`` distinct ones have arrived."""
+    consume(settings, "examples", distinct_examples(expected), timeout=timeout)
     messages = consume(settings, "examples", lambda got: False, timeout=3)
     return [decode_example(value) for _, value in messages]
 
