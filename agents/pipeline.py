@@ -218,7 +218,7 @@ class InputPipeline:
         later, at delivery) and index its next label deadline."""
         state.partition = partition
         state.watermark = max(state.watermark, watermark)
-        self.users.put(user_id, state)
+        self.users.put(user_id, state, partition)
         deadline = fold.next_deadline(state, self.config)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))

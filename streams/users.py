@@ -50,9 +50,19 @@ class UsersStore(Generic[State]):
             return value
         return self.decode(value)
 
-    def put(self, user_id: str, state: State) -> None:
-        """Store ``state``; its changelog record is written by the caller."""
+    def put(self, user_id: str, state: State, partition: int | None = None) -> None:
+        """Store ``state`` of a user of ``partition``; its changelog record is written by
+        the caller.
+
+        The partition is noted where Faust's in-memory store keeps the partition of each
+        recovered key: when a rebalance's recovery completes, the store drops the keys of
+        partitions this worker no longer owns. Without it, a state written here would stay
+        after its partition moved away, stale, answered by the users view and rescored.
+        """
         self._data[user_id] = state
+        owners = getattr(self._data, "_key_partition", None)
+        if owners is not None and partition is not None:
+            owners[user_id] = partition
 
     def items(self) -> Iterator[tuple[str, State]]:
         """Every stored state (event loop only)."""

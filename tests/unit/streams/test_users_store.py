@@ -1,0 +1,27 @@
+"""The users store over Faust's in-memory table store: states written by the input pipeline
+are dropped, like recovered ones, when their partition moves to another worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from faust.types import TP
+
+from agents.state.state import UserState
+from agents.wiring import users_store
+from streams.app import build_app
+from streams.settings import Settings
+from streams.tables import declare_users_table
+
+
+def test_states_of_partitions_no_longer_owned_are_dropped_after_recovery(tmp_path) -> None:
+    settings = Settings(data_dir=str(tmp_path))
+    table = declare_users_table(build_app(settings), settings)
+    users = users_store(table)
+    users.put("kept", UserState(), partition=0)
+    users.put("moved", UserState(), partition=1)
+    changelog = table.changelog_topic.get_topic_name()
+    # Recovery after a rebalance that left this worker partition 0 only.
+    asyncio.run(table.data.on_recovery_completed({TP(changelog, 0)}, set()))
+    assert users.get("kept") is not None
+    assert users.get("moved") is None
