@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -38,6 +38,10 @@ YIELD_EVERY_S = 0.002
 #: power user's burst (hundreds of strong negatives, each with a fast-path update) would
 #: otherwise hold the event loop for its whole length.
 USER_STEP_EVENTS = 32
+
+
+#: Read ``topic[partition]`` again from ``offset``, forgetting the messages given (unacked).
+Rewind = Callable[[str, int, int, list[Message]], Awaitable[None]]
 
 
 class SuppressionsAhead(Protocol):
@@ -90,6 +94,9 @@ class InputPipeline:
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
+        # Reads a partition again from an offset (see _contiguous); set by the worker.
+        self.rewind: Rewind | None = None
+        self.rewound: dict[tuple[str, int], tuple[int, int]] = {}
 
     async def process(self, events: list[Message], ack: Ack | None = None) -> None:
         """Decode, validate, dedupe, update tables, join and publish one micro-batch.
@@ -97,11 +104,49 @@ class InputPipeline:
         The user states are stored at once; the batch's records are then delivered in the
         background, in batch order, and ``ack`` is called on each event once they all are.
         """
+        events = await self._contiguous(events)
+        if not events:
+            return
         step = Step(events=list(events), ack=ack)
         async with self.lock:
             await self._process(events, step)
             # Queued under the lock: steps are delivered in the order their states were made.
             await self.delivery.queue(step)
+
+    async def _contiguous(self, events: list[Message]) -> list[Message]:
+        """``events`` without those of a partition whose offsets do not follow on from the
+        last one handed over (or, first after an assignment, from the committed offset).
+
+        Faust's consumer can resume a partition past offsets it never handed over (seen
+        after a rebalance that moved partitions between workers): such a partition is read
+        again from the first offset missing, and its events here are dropped, unacked.
+        """
+        if self.rewind is None:
+            return events
+        expected: dict[tuple[str, int], int | None] = {}
+        skipped: dict[tuple[str, int], tuple[int, list[Message]]] = {}
+        kept: list[Message] = []
+        for message in events:
+            source = (message.topic, message.partition)
+            if source in skipped:
+                skipped[source][1].append(message)
+                continue
+            if source not in expected:
+                expected[source] = self.watermarks.expected_offset(*source)
+            following = expected[source]
+            # Read again and still not there: a hole in the log (a transaction marker, a
+            # compacted record), passed over.
+            hole = self.rewound.get(source) == (following, message.offset)
+            if following is not None and message.offset > following and not hole:
+                skipped[source] = (following, [message])
+                continue
+            expected[source] = max(following or 0, message.offset + 1)
+            kept.append(message)
+        for (topic, partition), (offset, dropped) in skipped.items():
+            self.rewound[(topic, partition)] = (offset, dropped[0].offset)
+            self.watermarks.skipped(topic, partition, offset, dropped[0].offset)
+            await self.rewind(topic, partition, offset, dropped)
+        return kept if skipped else events
 
     async def flush(self) -> None:
         """Wait until every computed batch is delivered (and its events acked)."""

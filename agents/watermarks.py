@@ -36,8 +36,12 @@ class Watermarks:
         delay_s: float,
         idle_after_s: float,
         wall: Callable[[], float] = time.monotonic,
+        committed: Callable[[str, int], int | None] | None = None,
     ) -> None:
         self.topics = (impressions_topic, feedback_topic)
+        # The committed offset of an input partition: where reading it resumes once
+        # assigned, so the first offset handed over is checked too.
+        self.committed = committed
         self.delay_s, self.idle_after_s, self.wall = delay_s, idle_after_s, wall
         self.clock: dict[tuple[str, int], float] = {}
         self.last_input: dict[tuple[str, int], float] = {}
@@ -54,10 +58,29 @@ class Watermarks:
         """``"impression"`` or ``"feedback"``: the input a topic is."""
         return "impression" if topic == self.topics[0] else "feedback"
 
+    def expected_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset of ``topic[partition]`` the pipeline should be handed: one past
+        the last one handed, or the committed offset when none was handed since the
+        partition was assigned; ``None`` when not known."""
+        expected = self.next_offset.get((topic, partition))
+        if expected is None and self.committed is not None:
+            expected = self.committed(topic, partition)
+        return expected
+
+    def skipped(self, topic: str, partition: int, expected: int, offset: int) -> None:
+        """Count and log offsets ``expected..offset-1`` that the consumer skipped (they
+        are read again)."""
+        metrics.INPUT_OFFSET_GAPS.labels(self.kind_of(topic)).inc(offset - expected)
+        log.warning(
+            "input %s[%d]: the consumer skipped offsets %d..%d; reading them again",
+            topic, partition, expected, offset - 1,
+        )  # fmt: skip
+        self.next_offset[(topic, partition)] = expected
+
     def read(self, topic: str, partition: int, offset: int) -> None:
         """Note that ``offset`` was handed to the pipeline; count any offsets skipped."""
         source = (topic, partition)
-        expected = self.next_offset.get(source)
+        expected = self.expected_offset(topic, partition)
         if expected is not None and offset > expected:
             metrics.INPUT_OFFSET_GAPS.labels(self.kind_of(topic)).inc(offset - expected)
             log.warning(

@@ -23,7 +23,7 @@ from agents.state.state import UserState
 from agents.trainer import Trainer
 from agents.watermarks import Watermarks
 from streams import metrics
-from streams.app import recovery_done, recovery_ended_at
+from streams.app import committed_offset, recovery_done, recovery_ended_at
 from streams.bulk import BulkSource
 from streams.loop_lag import watch_event_loop
 from streams.output import OutputProducer
@@ -67,6 +67,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         settings.topic("feedback"),
         settings.watermark_delay_s,
         settings.idle_flush_s,
+        committed=lambda topic, partition: committed_offset(app, topic, partition),
     )
     lane = FastLane(settings, config, users, watermarks, encoder)
     trainer = Trainer(settings)
@@ -81,6 +82,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     # still subscribes to them, assigns them and commits their acked offsets.
     inputs = BulkSource(app, topics.inputs.topics, max(4096, 4 * settings.batch_size))
     examples = BulkSource(app, topics.examples.topics, max(4096, 4 * settings.train_batch_size))
+    pipeline.rewind = inputs.rewind
 
     @app.task  # type: ignore[untyped-decorator]
     async def input_reader() -> None:

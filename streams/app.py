@@ -88,3 +88,11 @@ def committed_offsets(consumer: Any) -> dict[Any, int]:
     """The consumer's committed offset of each partition it committed (Faust's own map)."""
     committed: dict[Any, int] = getattr(consumer, "_committed_offset", {})
     return committed
+
+
+def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
+    """The offset reading ``topic[partition]`` resumes from: the committed one (Kafka's next
+    to read) as the consumer last sought or committed it; ``None`` when not known."""
+    from faust.types import TP
+
+    return committed_offsets(app.consumer).get(TP(topic, partition))

@@ -107,6 +107,20 @@ class BulkSource:
             batch.append(message)
         return batch
 
+    async def rewind(
+        self, topic: str, partition: int, offset: int, dropped: Iterable[Message]
+    ) -> None:
+        """Read ``topic[partition]`` again from ``offset``: ``dropped`` (taken, never to be
+        acked) and the partition's buffered records are forgotten, and the consumer seeks."""
+        unacked = self.app.consumer._unacked_messages
+        for message in dropped:
+            unacked.discard(message)
+        if any(m.topic == topic and m.partition == partition for m in self.messages):
+            self.messages = deque(
+                m for m in self.messages if not (m.topic == topic and m.partition == partition)
+            )
+        await self.app.consumer.seek(TP(topic, partition), offset)
+
     def ack(self, messages: Iterable[Message]) -> None:
         """Mark taken ``messages`` processed: their offsets may be committed."""
         consumer = self.app.consumer

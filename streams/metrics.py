@@ -38,8 +38,9 @@ BATCH_EVENTS = Histogram(
 )
 INPUT_OFFSET_GAPS = Counter(
     "negstream_input_offset_gaps_total",
-    "Input offsets skipped between two messages this worker read from one partition "
-    "(records it was never handed; transaction markers of upstream producers count too).",
+    "Input offsets the consumer skipped, after the last one handed to the input pipeline "
+    "or the committed one (each such partition is read again from the first one skipped; "
+    "transaction markers of upstream producers count too).",
     ["topic"],
 )
 EXAMPLES = Counter(

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         while feeder.is_alive():
             time.sleep(0.5)
             now = time.monotonic()
-            if broker_restarts == 0 and now >= broker_restart_at:
+            if broker_restarts < args.broker_restarts and now >= broker_restart_at:
                 feeder.pause()
                 durable.broker.stop()  # type: ignore[union-attr]
                 time.sleep(3)  # longer than the session timeout
@@ -218,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--kill-every-s", type=float, default=180.0,
                         help="seconds between worker kills (each ±25%%)")  # fmt: skip
+    parser.add_argument("--broker-restarts", type=int, default=1, choices=(0, 1),
+                        help="restart the broker half-way (1) or not (0)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the logs")
     args = parser.parse_args(argv)

@@ -270,10 +270,6 @@ def test_two_workers_split_partitions_and_the_survivor_takes_over(
         wait_until(lambda: owners(a) == {url_of(a): everything}, 90, "the survivor to take over")
         feeder.finish()
         check_examples(settings_a, expected)
-        # Every input offset from assignment on was handed to the survivor's input pipeline.
-        gaps = sum(v for (name, _), v in a.metrics().items()
-                   if name == "negstream_input_offset_gaps_total")  # fmt: skip
-        assert gaps == 0, f"{gaps} input offsets never reached the input pipeline"
         # The survivor answers for the users the dead worker owned, with exact values.
         taken = {u: status_of(a, f"/users/{u}/") for u in on_b}
         assert set(taken.values()) == {200}, f"survivor does not answer: {taken}"
