@@ -157,9 +157,11 @@ class InputPipeline:
         async with self.lock:
             await self.delivery.flush()
 
-    def on_assigned(self) -> None:
-        """Partitions were assigned: the deadline index is rebuilt before the next batch."""
+    def on_assigned(self, partitions: Iterable[int] = ()) -> None:
+        """Input ``partitions`` were assigned: the deadline index is rebuilt before the next
+        batch; offsets of partitions kept through the rebalance go on being checked."""
         self.index_stale = True
+        self.watermarks.assigned(partitions)
 
     def on_recovery(self, ended_at: float | None) -> None:
         """A finished recovery (after a rebalance) brings users whose label windows are

@@ -178,5 +178,14 @@ class Watermarks:
                 source = (topic, partition)
                 self.clock.pop(source, None)
                 self.last_input.pop(source, None)
-                self.next_offset.pop(source, None)
                 self.quiet_at.pop(source, None)
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """The input partitions owned after a rebalance. The next offset of those kept
+        through it is remembered (revoking every partition first, as the rebalance does,
+        does not drop it): reading a kept partition must go on from where it was, or from
+        the committed offset before that, never past it. The others start from their
+        committed offset."""
+        owned = set(partitions)
+        for source in [s for s in self.next_offset if s[1] not in owned]:
+            del self.next_offset[source]

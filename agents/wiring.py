@@ -117,8 +117,9 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:
         metrics.PARTITION_ASSIGNMENTS.inc()
-        pipeline.on_assigned()
         assigned = args[1] if len(args) > 1 else kwargs.get("assigned", ())
+        input_topics = {pipeline.impressions_topic, pipeline.feedback_topic}
+        pipeline.on_assigned(tp.partition for tp in assigned if tp.topic in input_topics)
         lane.assign(tp.partition for tp in assigned if tp.topic == pipeline.feedback_topic)
 
     @app.on_partitions_revoked.connect
