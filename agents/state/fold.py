@@ -35,7 +35,7 @@ from agents.state.features import (
     window_sums,
 )
 from agents.state.state import Candidate, Pending, Reaction, UserState
-from agents.state.suppression import fast_path_update, feedback_clock
+from agents.state.suppression import Ranked, fast_path_update, feedback_clock
 from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
 from schemas.kinds import EXPLICIT_NEGATIVE, NEGATIVE_KINDS, label_of, severity
 
@@ -154,13 +154,15 @@ def _copy(state: UserState | None) -> UserState:
 
 
 class _Counter:
-    """Writes counts into a state's buckets, copying each shared bucket once a call."""
+    """Writes counts into a state's buckets, copying each shared bucket once a call; keeps
+    the state's suppressions ranked for the fast-path updates of the call."""
 
-    __slots__ = ("config", "owned", "state")
+    __slots__ = ("config", "owned", "ranked", "state")
 
     def __init__(self, state: UserState, config: StateConfig) -> None:
         self.state, self.config = state, config
         self.owned: set[tuple[bool, int]] = set()
+        self.ranked = Ranked()
 
     def bucket(self, fine: bool, index: int) -> dict[str, int]:
         buckets = self.state.fine if fine else self.state.long
@@ -278,7 +280,7 @@ def _apply_feedback(
                 out.counts["flagged"] += 1
                 state.flagged_since = fb.timestamp
             state.flagged_until = max(state.flagged_until, fb.timestamp + config.window_short_s)
-    update = fast_path_update(state, fb, config, out.counts)
+    update = fast_path_update(state, fb, config, out.counts, writer.ranked)
     if update is not None:
         out.updates.append(update)
 
