@@ -3,8 +3,10 @@
 Rows: the rate a bare aiokafka consumer reads the input topics (the ceiling for a Python
 consumer here), the full pipeline's rate through the same backlog, and their ratio.
 
-Run ``python -m tests.benchmarks.bench_throughput [--quick]`` (``make bench`` runs it with the
-other sections). Progress goes to stderr; the table goes to stdout at the end.
+Run ``python -m tests.benchmarks.bench_pipeline [--quick]`` (``make bench`` runs it with the
+other sections). Progress goes to stderr; the table goes to stdout at the end. The peers
+benchmark (``bench/peers``) runs the same worker with this module's settings and reads its
+counters with this module's ``events_total``, ``metric``, ``cpu_seconds`` and ``rss_bytes``.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from tests.benchmarks.harness import (
     log,
     metric,
     produce_all,
+    rss_bytes,
     simulated,
     start_worker,
     wait_for_count,
 )
 from tests.support import WorkerProcess
+
+__all__ = ["bench_throughput", "cpu_seconds", "events_total", "main", "metric", "rss_bytes"]
 
 #: Mean request gap of the throughput backlog: 20 impressions/s of event time, so the label
 #: windows (120 s) of most impressions close inside the backlog and training runs.
@@ -151,7 +156,7 @@ def bench_throughput(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the throughput rows and print their table; return the exit status."""
     description = (__doc__ or "").splitlines()[0]
-    return harness.main("bench_throughput", description, bench_throughput, throughput_rows, argv)
+    return harness.main("bench_pipeline", description, bench_throughput, throughput_rows, argv)
 
 
 if __name__ == "__main__":
