@@ -51,12 +51,6 @@ def model_version(worker: WorkerProcess) -> float | None:
 
 
 @pytest.mark.timeout(480)  # about 3 minutes; more on a loaded machine
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, being verified: Faust's consumer can resume a partition past offsets "
-    "it never handed over; the input pipeline now reads them again (README, Known issues), "
-    "and 5 runs in a row passed since, but 10 in a row on a fresh clone are not yet shown",
-)
 def test_three_workers_with_random_sigkills_lose_nothing(
     broker: EmbeddedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
