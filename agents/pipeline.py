@@ -302,7 +302,10 @@ class InputPipeline:
                 continue
             state, out = fold.advance(current, watermark, user_id, self.config)
             await self.pause()
-            if out.examples or out.counts:
+            # Claimed feedback past its window leaves without an output: the state still
+            # changed, and keeping the old one would bring the user due again every sweep.
+            dropped = len(state.reactions) != len(current.reactions)
+            if out.examples or out.counts or dropped or len(state.pending) != len(current.pending):
                 closed.extend(out)
                 changed.append((user_id, state))
             else:
