@@ -144,12 +144,18 @@ def consume(
     topic: str,
     done: Callable[[list[tuple[bytes | None, bytes]]], bool],
     timeout: float = 60.0,
+    fetch_wait_ms: int = 500,
 ) -> list[tuple[bytes | None, bytes]]:
-    """Read ``topic`` from the start until ``done(messages)`` or ``timeout`` seconds."""
+    """Read ``topic`` from the start until ``done(messages)`` or ``timeout`` seconds.
+
+    Tansu answers a fetch with what it gathered within ``fetch_wait_ms``: a topic of
+    thousands of batches on S3 storage needs seconds (the memory broker holds every fetch
+    for the whole wait, so keep it short there)."""
     name = settings.topic(topic)
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None, consumer_timeout_ms=300
-    )
+        bootstrap_servers=settings.bootstrap_servers, group_id=None, consumer_timeout_ms=300,
+        fetch_max_wait_ms=fetch_wait_ms, request_timeout_ms=max(30_000, fetch_wait_ms + 10_000),
+    )  # fmt: skip
     consumer.assign([TopicPartition(name, p) for p in range(settings.partitions)])
     consumer.seek_to_beginning()
     messages: list[tuple[bytes | None, bytes]] = []
@@ -351,10 +357,14 @@ def quiet_after(at_least: int, quiet_s: float) -> Callable[[list[Any]], bool]:
     return done
 
 
-def examples_by_id(settings: Settings, expected: int, timeout: float = 60.0) -> list[Any]:
+def examples_by_id(
+    settings: Settings, expected: int, timeout: float = 60.0, fetch_wait_ms: int = 500
+) -> list[Any]:
     """Every published example, decoded, once ``expected`` distinct ones have arrived."""
-    consume(settings, "examples", distinct_examples(expected), timeout=timeout)
-    messages = consume(settings, "examples", lambda got: False, timeout=3)
+    first = consume(settings, "examples", distinct_examples(expected), timeout, fetch_wait_ms)
+    # Read again from the start, for copies published since: what came before, then quiet.
+    again = quiet_after(len(first), max(3.0, 2 * fetch_wait_ms / 1000))
+    messages = consume(settings, "examples", again, timeout, fetch_wait_ms)
     return [decode_example(value) for _, value in messages]
 
 

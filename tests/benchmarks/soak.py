@@ -58,6 +58,9 @@ EVENTS_PER_IMPRESSION = 1.65
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 MODEL = {"model_buckets": 2**12, "checkpoint_every_batches": 2, "train_batch_size": 64}
+#: Fetch wait of the read-back: Tansu on S3 finds an offset by reading the partition's
+#: batches (objects), and answers with what it gathered within the wait.
+READ_WAIT_MS = 5000
 #: Group membership settings for a broker on S3 storage.
 SESSION = {"session_timeout_s": 15.0, "heartbeat_s": 1.5}
 
@@ -174,7 +177,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
                     f"({feeder.sent:,} of {len(stream):,} events sent)")  # fmt: skip
         feeder.finish()
         log("soak: input sent; reading the outputs back")
-        examples = examples_by_id(base, len(expected), timeout=900)
+        examples = examples_by_id(base, len(expected), 900, READ_WAIT_MS)
         try:
             compare_tables(workers, base, truth)
             tables = "exact"
@@ -184,7 +187,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
         published = sum(v for w in workers for (name, _), v in w.metrics().items()
                         if name == "negstream_score_updates_total")  # fmt: skip
         updates = [orjson.loads(v) for _, v in
-                   consume(base, "scores", quiet_after(int(published), 15.0), 900)]  # fmt: skip
+                   consume(base, "scores", quiet_after(int(published), 15.0), 900,
+                           READ_WAIT_MS)]  # fmt: skip
         lag_ms = max(lag_ms, loop_lag_max_ms(workers))
     finally:
         if feeder.is_alive():
