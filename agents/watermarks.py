@@ -10,7 +10,7 @@ from typing import Any
 from faust.types import TP
 
 from streams import metrics
-from streams.app import committed_offsets
+from streams.app import committed_offsets, fetched_end
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +141,21 @@ class Watermarks:
     def check_inputs(self, consumer: Any) -> None:
         """Ask the consumer which inputs have records this worker has not processed yet.
 
-        An input with nothing left remembers the time of the check (its clock may run on up
-        to then, see :meth:`__call__`). Compares the log end offset of the latest fetch (a
-        fetch reports it correctly on Tansu too) with the next offset to process: the last
-        one processed plus one, or the committed offset for an input not read yet. An input
-        whose end is not known yet counts as behind.
+        An input with nothing left remembers when the fetch answer that showed it came (its
+        clock may run on up to then, see :meth:`__call__`): with the broker unreachable no
+        answer comes, so event time stops running on with wall time. Compares the log end
+        offset of the latest fetch (a fetch reports it correctly on Tansu too) with the next
+        offset to process: the last one processed plus one, or the committed offset for an
+        input not read yet. An input whose end is not known yet counts as behind.
         """
         committed = committed_offsets(consumer)
-        now = self.wall()
+        now, epoch = self.wall(), time.time()
         for partition in list(self.first_seen):
             for topic in self.topics:
                 source = (topic, partition)
                 tp = TP(topic, partition)
                 try:
-                    end = consumer.highwater(tp)
+                    end, answered = fetched_end(consumer, tp)
                 except Exception:  # not assigned (any more): leave as it is
                     continue
                 position = self.next_offset.get(source)
@@ -163,7 +164,11 @@ class Watermarks:
                 if end is None or end > position:
                     self.quiet_at.pop(source, None)
                     continue
-                self.quiet_at[source] = now
+                # Quiet as of the answer that gave the end, not as of now: while the broker
+                # is unreachable no answer comes, and event time must not run on with wall
+                # time (producers hold the events of that time until it is back).
+                at = now if answered is None else now - max(0.0, epoch - answered)
+                self.quiet_at[source] = max(at, self.quiet_at.get(source, at))
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the clocks of partitions this worker no longer owns.

@@ -90,6 +90,27 @@ def committed_offsets(consumer: Any) -> dict[Any, int]:
     return committed
 
 
+def fetched_end(consumer: Any, tp: Any) -> tuple[int | None, float | None]:
+    """The log end offset of ``tp`` in the latest fetch answer, and the ``time.time()`` at
+    which that answer came (``None`` when the consumer does not say).
+
+    The end alone does not show that an input has nothing left: with the broker gone it
+    stays what the last answer said, however long ago that was. Raises when ``tp`` is not
+    assigned.
+    """
+    end: int | None = consumer.highwater(tp)
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None) if thread is not None else consumer
+    polled = getattr(client, "last_poll_timestamp", None)
+    if polled is None:
+        return end, None
+    try:
+        at_ms = polled(tp)
+    except AssertionError:  # unassigned meanwhile
+        return end, None
+    return end, (at_ms / 1000 if at_ms is not None else None)
+
+
 def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
     """The offset reading ``topic[partition]`` resumes from: the committed one (Kafka's next
     to read) as the consumer last sought or committed it; ``None`` when not known."""

@@ -34,6 +34,18 @@ class Consumer:
         return self.ends[tp]
 
 
+class Answering(Consumer):
+    """A consumer that also says when each partition's latest fetch answer came."""
+
+    def __init__(self, ends: dict[TP, int | None], answered: dict[TP, float]) -> None:
+        super().__init__(ends, {})
+        self.answered = answered
+
+    def last_poll_timestamp(self, tp: TP) -> int | None:
+        at = self.answered.get(tp)
+        return None if at is None else int(at * 1000)
+
+
 def test_the_watermark_is_the_lower_input_clock_less_the_delay() -> None:
     p, now = pipeline(), time.monotonic()
     p.observe(IMP, 0, 1000.0, now)
@@ -122,3 +134,20 @@ def test_forgetting_a_partition_drops_its_clocks_and_stale_idle_time() -> None:
     assert p.watermark(1) == 0.0
     p.observe(FB, 1, 1020.0, time.monotonic())
     assert p.watermark(1) == 1005.0
+
+
+def test_event_time_stops_running_on_when_fetch_answers_stop() -> None:
+    # The broker is gone: the log ends stay what the last answer said, so every input looks
+    # read up. Event time may only run on up to that answer, or the producers' events of the
+    # outage, sent once it is back, would find their label windows closed.
+    p = pipeline()
+    now, epoch = time.monotonic(), time.time()
+    p.observe(IMP, 0, 1000.0, now - 30.0, offset=4)
+    p.observe(FB, 0, 1000.0, now - 30.0, offset=9)
+    ends: dict[TP, int | None] = {TP(IMP, 0): 5, TP(FB, 0): 10}
+    p.check_inputs(Answering(ends, {TP(IMP, 0): epoch - 20.0, TP(FB, 0): epoch - 20.0}))
+    assert 1002.9 < p.watermark(0) < 1003.2  # quiet 10 s when answered: 2 s idle, 5 s delay
+    p.check_inputs(Answering(ends, {TP(IMP, 0): epoch - 20.0, TP(FB, 0): epoch - 20.0}))
+    assert p.watermark(0) < 1003.2, "no newer answer: no more event time"
+    p.check_inputs(Answering(ends, {TP(IMP, 0): epoch, TP(FB, 0): epoch}))
+    assert p.watermark(0) > 1022.9, "answered again: the quiet time counts"
