@@ -63,6 +63,8 @@ MODEL = {"model_buckets": 2**12, "checkpoint_every_batches": 2, "train_batch_siz
 READ_WAIT_MS = 5000
 #: Group membership settings for a broker on S3 storage.
 SESSION = {"session_timeout_s": 15.0, "heartbeat_s": 1.5}
+#: Lost and mislabelled examples named at the end (the first of each, by id).
+SHOWN = 10
 
 
 @dataclasses.dataclass
@@ -213,6 +215,12 @@ def run(args: argparse.Namespace, root: Path) -> int:
         f"unsuppressed={unsuppressed} loop_lag_max_ms={lag_ms:.0f}"
     )
     ok = (lost, differing, mislabelled, unsuppressed) == (0, 0, 0, 0) and tables == "exact"
+    for example_id in sorted(set(expected) - set(by_id))[:SHOWN]:
+        log(f"soak: lost {example_id} (expected {expected[example_id]})")
+    wrong = sorted(i for i, c in by_id.items() if i in expected and c[0].label != expected[i])
+    for example_id in wrong[:SHOWN]:
+        log(f"soak: mislabelled {example_id}: {by_id[example_id][0].label}, "
+            f"expected {expected[example_id]}")  # fmt: skip
     return 0 if ok and distinct == len(expected) else 1
 
 
