@@ -153,12 +153,6 @@ async def deliver_records(producer: OutputProducer, records: list[OutputRecord])
     while the broker is away)."""
 
     async def send() -> list[asyncio.Future[Any]]:
-        futures = []
-        for count, record in enumerate(records):
-            futures.append(await producer.send(*record))
-            if count % 500 == 499:
-                # Queueing thousands of records is CPU work: let the event loop run between.
-                await asyncio.sleep(0)
-        return futures
+        return await producer.send_many(records)
 
     await producer.deliver(send)

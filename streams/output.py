@@ -2,9 +2,10 @@
 
 Faust's producer sends each record as its own batch on Tansu (``producer_max_batch_size=1``,
 see DESIGN.md), which allows one record per partition per round trip. Examples and score
-updates are sent through an :class:`OutputProducer` that batches them
-(``output_linger_ms``); a micro-batch's user states go to the changelog as one batch per
-partition with :meth:`OutputProducer.send_partition`.
+updates go through an :class:`OutputProducer`: a delivery's records as one batch per
+partition (:meth:`OutputProducer.send_many`), and a micro-batch's user states to the
+changelog the same way (:meth:`OutputProducer.send_partition`). Single records (the fast
+lane's) are batched by the producer's linger (``output_linger_ms``).
 
 Every record sent is counted by topic in ``negstream_output_*`` (records and bytes the broker
 acknowledged, errors by reason, send latency of each delivery): see :mod:`streams.metrics`.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -167,6 +168,32 @@ class OutputProducer:
         sent: asyncio.Future[Any] = await producer.send(topic, value, key=key, partition=partition)
         _tally(topic, sent, 1, len(value) + (len(key) if key else 0))
         return sent
+
+    async def send_many(
+        self, records: Sequence[tuple[str, bytes | None, bytes, int | None]]
+    ) -> list[asyncio.Future[Any]]:
+        """Queue ``(topic, key, value, partition)`` records as batches, one run per
+        partition (see :meth:`send_partition`), each record on the partition :meth:`send`
+        would choose: its own, else its key's hash. Records of a partition keep their order.
+
+        A batch costs one future and one accumulator entry, where :meth:`send` costs them per
+        record: most of a producer's CPU time at these sizes.
+        """
+        producer = await self._started()
+        runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        partitions: dict[str, list[int]] = {}
+        for topic, key, value, partition in records:
+            if partition is None:
+                known = partitions.get(topic)
+                if known is None:
+                    known = partitions[topic] = sorted(await producer.partitions_for(topic))
+                partition = producer._partitioner(key, known, known)
+            runs.setdefault((topic, partition), []).append((key, value))
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), run in runs.items():
+            futures += await self.send_partition(topic, partition, run)
+            await asyncio.sleep(0)  # appending thousands of records is CPU work: let others run
+        return futures
 
     async def send_partition(
         self, topic: str, partition: int, records: list[tuple[bytes | None, bytes]]

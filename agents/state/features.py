@@ -94,6 +94,15 @@ def oldest_long_needed(cut: int, config: StateConfig) -> int:
     return (cut - 1) // config.steps_per_long - config.long_buckets + 1
 
 
+#: The order :func:`feature_row` computes its values in; :data:`FEATURE_NAMES` must match.
+_ROW_ORDER = (
+    "neg_rate_short", "neg_rate_long", "explicit_neg_long", "creator_neg_long",
+    "category_neg_long", "item_exposure", "creator_exposure", "impressions_long",
+)  # fmt: skip
+if FEATURE_NAMES != _ROW_ORDER:  # pragma: no cover - a schema change must change both
+    raise ImportError(f"feature_row computes {_ROW_ORDER}, the schema names {FEATURE_NAMES}")
+
+
 def feature_row(
     short: Sums,
     long: Sums,
@@ -103,23 +112,18 @@ def feature_row(
 ) -> tuple[float, ...]:
     """One candidate's dense features, in :data:`FEATURE_NAMES` order."""
     short_imp, long_imp = short.get(counters.IMPRESSIONS), long.get(counters.IMPRESSIONS)
-    values = {
-        "neg_rate_short": short.get(counters.NEGATIVES) / short_imp if short_imp else 0.0,
-        "neg_rate_long": long.get(counters.NEGATIVES) / long_imp if long_imp else 0.0,
-        "explicit_neg_long": float(long.get(counters.EXPLICIT_NEGATIVES)),
-        "creator_neg_long": (
-            float(long.get(counters.creator_negatives(creator_id))) if creator_id else 0.0
-        ),
-        "category_neg_long": (
-            float(long.get(counters.category_negatives(category))) if category else 0.0
-        ),
-        "item_exposure": float(long.get(counters.item_exposure(item_id))),
-        "creator_exposure": (
-            float(long.get(counters.creator_exposure(creator_id))) if creator_id else 0.0
-        ),
-        "impressions_long": float(long_imp),
-    }
-    return tuple(values[name] for name in FEATURE_NAMES)
+    get = long.get
+    # A tuple built in place: rescoring computes one per candidate of every user it scores.
+    return (
+        short.get(counters.NEGATIVES) / short_imp if short_imp else 0.0,
+        get(counters.NEGATIVES) / long_imp if long_imp else 0.0,
+        float(get(counters.EXPLICIT_NEGATIVES)),
+        float(get(counters.creator_negatives(creator_id))) if creator_id else 0.0,
+        float(get(counters.category_negatives(category))) if category else 0.0,
+        float(get(counters.item_exposure(item_id))),
+        float(get(counters.creator_exposure(creator_id))) if creator_id else 0.0,
+        float(long_imp),
+    )
 
 
 def features(

@@ -75,7 +75,8 @@ def test_the_answer_time_stops_while_the_broker_is_gone() -> None:
     assert before[0] == 3 and before[1] is not None
     assert asked - before[1] < 1.0, "read up a moment ago"
     assert during[0] == 3 and during[1] is not None
-    assert during[1] <= gone, "no answer came once the broker was gone"
+    # (An answer already on its way as the broker went may still land: a moment's margin.)
+    assert during[1] < gone + 0.5, "no answer came once the broker was gone"
     assert now - gone >= 2.0
 
 

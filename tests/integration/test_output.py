@@ -90,6 +90,42 @@ def test_outputs_are_delivered_when_awaited(broker: EmbeddedBroker, tmp_path: Pa
     assert asyncio.run(run()) == [b"v%d" % n for n in range(200)]
 
 
+def test_send_many_partitions_as_send_does_and_keeps_each_partitions_order(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    settings = isolated_settings(broker.url, tmp_path)
+    topic = new_topic(settings.bootstrap_servers, 3)
+    keys = [b"user-%d" % n for n in range(12)]
+    records: list[tuple[str, bytes | None, bytes, int | None]] = [
+        (topic, keys[n % 12], b"v%d" % n, None) for n in range(120)
+    ]
+    records += [(topic, b"user-0", b"pinned-%d" % n, 2) for n in range(5)]
+
+    async def run() -> tuple[dict[int, list[bytes]], dict[bytes, int]]:
+        producer = OutputProducer(settings)
+        try:
+            await asyncio.gather(*await producer.send_many(records))
+            # Where send() puts each key: one record per key on a second topic.
+            single = new_topic(settings.bootstrap_servers, 3)
+            placed = {}
+            for key in keys:
+                placed[key] = (await (await producer.send(single, key, b""))).partition
+        finally:
+            await producer.stop()
+        read = {}
+        for partition in range(3):
+            tp = TopicPartition(topic, partition)
+            read[partition] = (await read_back(settings.bootstrap_servers, tp))[1]
+        return read, placed
+
+    read, placed = asyncio.run(run())
+    for partition, values in read.items():
+        expected = [v for t, k, v, p in records if (p if p is not None else placed[k]) == partition]
+        assert values == expected, f"partition {partition}"
+    assert sum(map(len, read.values())) == len(records)
+    assert len(set(placed.values())) > 1, "keys spread over partitions"
+
+
 def test_delivery_waits_for_a_broker_that_is_away(tmp_path: Path) -> None:
     # No broker on the port at first: delivery keeps trying instead of failing, and
     # completes once a broker is there.
