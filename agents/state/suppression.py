@@ -182,18 +182,7 @@ class _RankedList:
         self, new: Iterable[Suppression], clock: float, config: StateConfig
     ) -> tuple[Suppression, ...]:
         """:func:`for_update` of ``new`` and those not expired at ``clock``."""
-        chosen: dict[tuple[str, str], Suppression] = {}
-        for suppression in new:
-            chosen[(suppression.target_type, suppression.target_id)] = suppression
-        room = config.max_update_suppressions - len(chosen)
-        for suppression in self.ranked:
-            if room <= 0:
-                break
-            key = (suppression.target_type, suppression.target_id)
-            if suppression.expires_at > clock and key not in chosen:
-                chosen[key] = suppression
-                room -= 1
-        return tuple(chosen.values())
+        return _chosen(new, self.ranked, config.max_update_suppressions, clock)
 
 
 def for_update(
@@ -201,15 +190,27 @@ def for_update(
 ) -> tuple[Suppression, ...]:
     """What one update carries: ``new`` first, then the strongest of ``others`` (strongest
     first), at most ``max_update_suppressions`` in all, one per target."""
+    ranked = sorted(others, key=_STRENGTH, reverse=True)
+    return _chosen(new, ranked, config.max_update_suppressions)
+
+
+def _chosen(
+    new: Iterable[Suppression],
+    ranked: Iterable[Suppression],
+    limit: int,
+    clock: float | None = None,
+) -> tuple[Suppression, ...]:
+    """``new``, then the first of ``ranked`` (not expired at ``clock``, when given) on
+    targets not chosen yet, ``limit`` in all."""
     chosen: dict[tuple[str, str], Suppression] = {}
     for suppression in new:
         chosen[(suppression.target_type, suppression.target_id)] = suppression
-    room = config.max_update_suppressions - len(chosen)
-    for suppression in sorted(others, key=_STRENGTH, reverse=True):
+    room = limit - len(chosen)
+    for suppression in ranked:
         if room <= 0:
             break
         key = (suppression.target_type, suppression.target_id)
-        if key not in chosen:
+        if key not in chosen and (clock is None or suppression.expires_at > clock):
             chosen[key] = suppression
             room -= 1
     return tuple(chosen.values())
