@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -176,11 +177,17 @@ async def refresh_scores(rescorer: Rescorer, settings: Settings) -> None:
     """Rescore queued users every ``score_refresh_s``, for ever.
 
     A loop, not a timer: a refresh that outlasts the interval is followed by the next one,
-    never overlapped by it.
+    never overlapped by it. Rescoring shares the interpreter with the input pipeline: after
+    a refresh that took ``t`` seconds the next waits at least ``t * (1 - share) / share``
+    (``score_refresh_max_share``), so under load each user's updates coalesce into fewer
+    instead of the input falling behind.
     """
+    share = settings.score_refresh_max_share
     while True:
+        started = time.perf_counter()
         await rescorer.refresh()
-        await asyncio.sleep(settings.score_refresh_s)
+        took = time.perf_counter() - started
+        await asyncio.sleep(max(settings.score_refresh_s, took * (1 - share) / share))
 
 
 async def train_batches(

@@ -95,6 +95,9 @@ class Settings:
     """NEGSTREAM_SCORE_REFRESH_S: how often touched users are rescored."""
     score_min_interval_s: float = 0.5
     """NEGSTREAM_SCORE_MIN_INTERVAL_S: at most one model ScoreUpdate per user this often."""
+    score_refresh_max_share: float = 0.3
+    """NEGSTREAM_SCORE_REFRESH_MAX_SHARE: most of the wall time rescoring may take; after a
+    refresh the next one waits in proportion, so refreshes never starve the input."""
     drift_reference_periods: int = 5
     """NEGSTREAM_DRIFT_REFERENCE_PERIODS: report periods that form the rolling reference."""
     device: str = "auto"
@@ -170,6 +173,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be > 0")
+        if not 0 < self.score_refresh_max_share <= 1:
+            raise SettingsError(f"{PREFIX}SCORE_REFRESH_MAX_SHARE must be in (0, 1]")
         if self.output_linger_ms < 0:
             raise SettingsError(f"{PREFIX}OUTPUT_LINGER_MS must be >= 0")
         if self.window_long_s < self.window_short_s:

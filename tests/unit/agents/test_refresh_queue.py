@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agents.encoder import OutputEncoder
 from agents.rescorer import MAX_QUEUED_TRIGGERS, Rescorer, trigger_ids
 from agents.trainer import Trainer
@@ -64,3 +66,29 @@ def test_refreshes_are_coalesced_per_user_and_triggers_bounded(tmp_path: Path) -
     assert asyncio.run(model._due_jobs(now=10.2)) == []
     (job,) = asyncio.run(model._due_jobs(now=10.6))
     assert trigger_ids(job.triggers) == ("f-2",)
+
+
+def test_refreshes_take_at_most_their_share_of_wall_time(monkeypatch: Any) -> None:
+    import agents.wiring as wiring
+
+    clock, pauses = [0.0], []
+
+    class Slow:
+        async def refresh(self) -> None:
+            clock[0] += 0.2  # a refresh that takes 0.2 s
+
+    class Stop(Exception):
+        pass
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            raise Stop
+
+    monkeypatch.setattr("agents.wiring.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("agents.wiring.asyncio.sleep", sleep)
+    settings = Settings(score_refresh_s=0.1, score_refresh_max_share=0.25)
+    with pytest.raises(Stop):
+        asyncio.run(wiring.refresh_scores(Slow(), settings))  # type: ignore[arg-type]
+    # 0.2 s of rescoring is a quarter of 0.8 s: the next refresh waits 0.6 s, not 0.1 s.
+    assert pauses == [pytest.approx(0.6)] * 3
