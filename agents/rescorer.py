@@ -97,6 +97,9 @@ class Rescorer:
         # Suppressions the fast lane published ahead of the users table are merged in.
         self.lane = lane
         self.pending: dict[str, list[tuple[str, int | None]]] = {}
+        # The queued users with new feedback among their triggers (in queue order): rescored
+        # even while refreshes for learned examples wait (see ``refresh``).
+        self.urgent: dict[str, None] = {}
         self.last_refresh: dict[str, float] = {}
         # Queued users without candidates yet, and since when (see ``_due_jobs``).
         self.waiting_since: dict[str, float] = {}
@@ -111,12 +114,15 @@ class Rescorer:
         """Queue ``user_id`` for rescoring because of event ``trigger_id``."""
         triggers = self.pending.setdefault(user_id, [])
         triggers.append((trigger_id, produced_ms))
+        if produced_ms is not None:
+            self.urgent[user_id] = None
         if len(triggers) > MAX_QUEUED_TRIGGERS:
             # A flooding user: an update names at most MAX_TRIGGER_IDS of them anyway.
             del triggers[: len(triggers) - MAX_QUEUED_TRIGGERS]
 
-    async def _due_jobs(self, now: float) -> list[_Rescore]:
-        """Take the queued users due a refresh that have candidates to score.
+    async def _due_jobs(self, now: float, urgent_only: bool = False) -> list[_Rescore]:
+        """Take the queued users due a refresh that have candidates to score (with
+        ``urgent_only``, only those with new feedback among their triggers).
 
         A user's feedback can be read before the impressions that give it candidates (the
         two input topics are read independently), so a user without candidates keeps its
@@ -127,28 +133,31 @@ class Rescorer:
         interval, patience = self.settings.score_min_interval_s, self.settings.label_window_s
         # A bounded slice a call, round robin (a user looked at goes to the back), so the
         # event loop is never held however many users are queued.
-        for scanned, user in enumerate(list(itertools.islice(self.pending, MAX_SCANNED))):
+        queue = self.urgent if urgent_only else self.pending
+        for scanned, user in enumerate(list(itertools.islice(queue, MAX_SCANNED))):
             if len(jobs) >= MAX_JOBS:
                 break
             if scanned % 100 == 99:
                 await asyncio.sleep(0)  # the event loop is never held for the whole scan
             if now - self.last_refresh.get(user, 0.0) < interval:
-                self.pending[user] = self.pending.pop(user)
+                self._to_back(user)
                 continue
             state = self.users.get(user)
             if state is None or not state.candidates:
                 since = self.waiting_since.setdefault(user, now)
                 if now - since >= patience:
                     del self.pending[user], self.waiting_since[user]
+                    self.urgent.pop(user, None)
                     metrics.REFRESHES_WITHOUT_CANDIDATES.inc()
                 else:
-                    self.pending[user] = self.pending.pop(user)
+                    self._to_back(user)
                 continue
             self.waiting_since.pop(user, None)
             active = for_update((), active_suppressions(state), self.config)
             if self.lane is not None:
                 active = self.lane.merge(user, active, state.clock)
             jobs.append(_Rescore(user, state, self.pending.pop(user), active))
+            self.urgent.pop(user, None)
             self.last_refresh[user] = now
         if len(self.last_refresh) > 2 * len(self.pending) + MAX_SCANNED:
             # Only refreshes within the interval matter; the rest would grow for ever.
@@ -157,11 +166,18 @@ class Rescorer:
             }
         return jobs
 
-    async def refresh(self) -> None:
-        """Rescore the queued users that have not been refreshed too recently."""
-        if not self.pending:
+    def _to_back(self, user: str) -> None:
+        """Move a queued user to the back of the queue(s) it is in."""
+        self.pending[user] = self.pending.pop(user)
+        if user in self.urgent:
+            self.urgent[user] = self.urgent.pop(user)
+
+    async def refresh(self, urgent_only: bool = False) -> None:
+        """Rescore the queued users that have not been refreshed too recently (with
+        ``urgent_only``, only those with new feedback among their triggers)."""
+        if not (self.urgent if urgent_only else self.pending):
             return
-        jobs = await self._due_jobs(time.monotonic())
+        jobs = await self._due_jobs(time.monotonic(), urgent_only)
         if not jobs:
             return
         started = time.perf_counter()

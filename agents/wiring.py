@@ -177,17 +177,21 @@ async def refresh_scores(rescorer: Rescorer, settings: Settings) -> None:
     """Rescore queued users every ``score_refresh_s``, for ever.
 
     A loop, not a timer: a refresh that outlasts the interval is followed by the next one,
-    never overlapped by it. Rescoring shares the interpreter with the input pipeline: after
-    a refresh that took ``t`` seconds the next waits at least ``t * (1 - share) / share``
-    (``score_refresh_max_share``), so under load each user's updates coalesce into fewer
-    instead of the input falling behind.
+    never overlapped by it. Rescoring shares the interpreter with the input pipeline: a
+    refresh of every queued user that took ``t`` seconds is followed by refreshes of only the
+    users with new feedback (whose updates the model-path latency counts) until
+    ``t / share`` (``score_refresh_max_share``) has passed, so under load the updates that
+    learned examples ask for coalesce instead of the input falling behind.
     """
     share = settings.score_refresh_max_share
+    everyone_at = 0.0
     while True:
         started = time.perf_counter()
-        await rescorer.refresh()
-        took = time.perf_counter() - started
-        await asyncio.sleep(max(settings.score_refresh_s, took * (1 - share) / share))
+        everyone = started >= everyone_at
+        await rescorer.refresh(urgent_only=not everyone)
+        if everyone:
+            everyone_at = started + (time.perf_counter() - started) / share
+        await asyncio.sleep(settings.score_refresh_s)
 
 
 async def train_batches(

@@ -96,8 +96,8 @@ class Settings:
     score_min_interval_s: float = 0.5
     """NEGSTREAM_SCORE_MIN_INTERVAL_S: at most one model ScoreUpdate per user this often."""
     score_refresh_max_share: float = 0.3
-    """NEGSTREAM_SCORE_REFRESH_MAX_SHARE: most of the wall time rescoring may take; after a
-    refresh the next one waits in proportion, so refreshes never starve the input."""
+    """NEGSTREAM_SCORE_REFRESH_MAX_SHARE: most of the wall time refreshes of every queued
+    user may take; users with new feedback are rescored at every refresh meanwhile."""
     drift_reference_periods: int = 5
     """NEGSTREAM_DRIFT_REFERENCE_PERIODS: report periods that form the rolling reference."""
     device: str = "auto"

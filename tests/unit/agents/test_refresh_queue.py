@@ -68,27 +68,46 @@ def test_refreshes_are_coalesced_per_user_and_triggers_bounded(tmp_path: Path) -
     assert trigger_ids(job.triggers) == ("f-2",)
 
 
-def test_refreshes_take_at_most_their_share_of_wall_time(monkeypatch: Any) -> None:
-    import agents.wiring as wiring
-
-    clock, pauses = [0.0], []
+def test_refreshes_of_everyone_take_at_most_their_share_of_wall_time(monkeypatch: Any) -> None:
+    clock, calls = [0.0], []
 
     class Slow:
-        async def refresh(self) -> None:
-            clock[0] += 0.2  # a refresh that takes 0.2 s
+        async def refresh(self, urgent_only: bool = False) -> None:
+            calls.append((clock[0], urgent_only))
+            if not urgent_only:
+                clock[0] += 0.25  # refreshing every queued user takes 0.25 s
 
     class Stop(Exception):
         pass
 
     async def sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) == 3:
+        clock[0] += seconds
+        if len(calls) == 9:
             raise Stop
 
     monkeypatch.setattr("agents.wiring.time.perf_counter", lambda: clock[0])
     monkeypatch.setattr("agents.wiring.asyncio.sleep", sleep)
-    settings = Settings(score_refresh_s=0.1, score_refresh_max_share=0.25)
+    settings = Settings(score_refresh_s=0.125, score_refresh_max_share=0.25)
     with pytest.raises(Stop):
-        asyncio.run(wiring.refresh_scores(Slow(), settings))  # type: ignore[arg-type]
-    # 0.2 s of rescoring is a quarter of 0.8 s: the next refresh waits 0.6 s, not 0.1 s.
-    assert pauses == [pytest.approx(0.6)] * 3
+        asyncio.run(wiring_refresh_scores(Slow(), settings))
+    # 0.25 s is a quarter of 1 s: users with new feedback are rescored every 0.125 s
+    # meanwhile, everyone else again from 1 s on.
+    assert calls == [(0.0, False), (0.375, True), (0.5, True), (0.625, True), (0.75, True),
+                     (0.875, True), (1.0, False), (1.375, True), (1.5, True)]  # fmt: skip
+
+
+def test_users_with_new_feedback_are_rescored_while_the_others_wait(tmp_path: Path) -> None:
+    users: dict[str, Any] = {"u1": state(2), "u2": state(2)}
+    model = service(tmp_path, users)
+    model.request_refresh("u1", "ex-1", None)  # a learned example
+    model.request_refresh("u2", "dislike-1", 1_000)  # new feedback
+    (job,) = asyncio.run(model._due_jobs(now=10.0, urgent_only=True))
+    assert job.user == "u2" and list(model.pending) == ["u1"] and not model.urgent
+    (job,) = asyncio.run(model._due_jobs(now=10.0))
+    assert job.user == "u1"
+
+
+def wiring_refresh_scores(rescorer: Any, settings: Settings) -> Any:
+    from agents.wiring import refresh_scores
+
+    return refresh_scores(rescorer, settings)
