@@ -199,7 +199,8 @@ def mutated(draw: st.DrawFn, text: str) -> str:
         at = draw(st.sampled_from(digits))
         zero = draw(st.sampled_from([0x660, 0x6F0, 0x966, 0xFF10]))
         return text[:at] + chr(zero + int(text[at])) + text[at + 1 :]
-    stray = draw(st.sampled_from("0123456789-:.,+TtZz W\n") | st.characters())
+    # Any character UTF-8 can carry: JSON on the wire is UTF-8, so no lone surrogates.
+    stray = draw(st.sampled_from("0123456789-:.,+TtZz W\n") | st.characters(codec="utf-8"))
     if how == "insert":
         return text[:at] + stray + text[at:]
     return text[:at] + ("" if how == "delete" else stray) + text[at + 1 :]
