@@ -84,13 +84,15 @@ def test_three_workers_with_random_sigkills_lose_nothing(
             n = rng.randrange(WORKERS)
             workers[n].kill()
             kills += 1
+            # Timed from the kill: waiting for the restarted model below (longer on a loaded
+            # machine) must not thin out the kills the stream's two minutes hold.
+            next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
             checkpoint = load_latest(all_settings[n].checkpoint_dir)
             workers[n] = WorkerProcess(all_settings[n], tmp_path / f"w{n}-{kills}.log").start()
             if checkpoint is not None:
                 saved = int(checkpoint["model"]["version"])
                 version = wait_until(lambda w=workers[n]: model_version(w), 60, "model version")
                 resumed.append((saved, version))
-            next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
         feeder.finish()
         copies = check_examples(base, expected)
         compare_tables(workers, base, truth)
