@@ -17,6 +17,7 @@ from agents.drift import DriftReporter
 from agents.encoder import OutputEncoder
 from agents.fast_lane import FastLane
 from agents.pipeline import InputPipeline
+from agents.progress import ProgressWatch
 from agents.rescorer import Rescorer
 from agents.state.config import StateConfig
 from agents.state.features import table_view
@@ -24,7 +25,7 @@ from agents.state.state import UserState
 from agents.trainer import Trainer
 from agents.watermarks import Watermarks
 from streams import metrics
-from streams.app import committed_offset, recovery_done, recovery_ended_at
+from streams.app import committed_offset, recovery_done, recovery_ended_at, recovery_status
 from streams.bulk import BulkSource
 from streams.loop_lag import watch_event_loop
 from streams.output import OutputProducer
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 10.0
 #: Longest wait, when partitions are revoked, for what was computed to be delivered.
 REVOKE_FLUSH_S = 10.0
+#: Seconds between checks that assigned inputs are being read (see agents.progress).
+PROGRESS_EVERY_S = 5.0
 
 
 def state_config(settings: Settings) -> StateConfig:
@@ -114,6 +117,12 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         pipeline.on_recovery(recovery_ended_at(app))
         watermarks.check_inputs(app.consumer)
         await pipeline.on_idle_tick()
+
+    progress = ProgressWatch(watermarks)
+
+    @app.timer(PROGRESS_EVERY_S, name="negstream.progress")  # type: ignore[untyped-decorator]
+    async def progress_watch() -> None:
+        progress.check(app.consumer, not recovery_done(app), lambda: recovery_status(app))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(*args: Any, **kwargs: Any) -> None:

@@ -77,6 +77,21 @@ def recovery_done(app: faust.App) -> bool:
     return not (app.rebalancing or app.in_recovery or not recovery.completed.is_set())
 
 
+def recovery_status(app: faust.App) -> str:
+    """Where a rebalance stands, in words (for logs)."""
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    remaining = {}
+    for tp, end in dict(getattr(recovery, "active_highwaters", {})).items():
+        left = (end or 0) - recovery.active_offsets.get(tp, -1) - 1
+        if left > 0:
+            remaining[f"{tp.topic}[{tp.partition}]"] = left
+    return (
+        f"rebalancing={bool(app.rebalancing)} in_recovery={bool(app.in_recovery)} "
+        f"recovery_completed={recovery.completed.is_set()} "
+        f"changelog records left={remaining or 'none known'}"
+    )
+
+
 def recovery_ended_at(app: faust.App) -> float | None:
     """When the latest table recovery ended (changes after each rebalance's recovery)."""
     recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
