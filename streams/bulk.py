@@ -31,6 +31,9 @@ from faust.types import TP, Message
 
 __all__ = ["BulkSource"]
 
+#: Past any offset: the end of a range that runs to the end of the log.
+END_OF_LOG = 2**63
+
 
 class BulkSource:
     """Records of some topics, in fetch order, taken by one reader a batch at a time.
@@ -111,15 +114,26 @@ class BulkSource:
         self, topic: str, partition: int, offset: int, dropped: Iterable[Message]
     ) -> None:
         """Read ``topic[partition]`` again from ``offset``: ``dropped`` (taken, never to be
-        acked) and the partition's buffered records are forgotten, and the consumer seeks."""
-        unacked = self.app.consumer._unacked_messages
+        acked) and the partition's buffered records are forgotten, and the consumer seeks.
+
+        The fetch loop recorded the skipped offsets as a gap in the log (see
+        ``streams.patches.bulk_fetch``), and Faust commits over a gap as if it had been
+        processed: the gap from ``offset`` on is dropped, or the first ack of a record read
+        again would commit past the skipped ones not yet processed.
+        """
+        consumer = self.app.consumer
+        unacked = consumer._unacked_messages
         for message in dropped:
             unacked.discard(message)
         if any(m.topic == topic and m.partition == partition for m in self.messages):
             self.messages = deque(
                 m for m in self.messages if not (m.topic == topic and m.partition == partition)
             )
-        await self.app.consumer.seek(TP(topic, partition), offset)
+        tp = TP(topic, partition)
+        await consumer.seek(tp, offset)
+        gaps = getattr(consumer, "_gap", {}).get(tp)
+        if gaps:
+            gaps.chop(offset, END_OF_LOG)
 
     def ack(self, messages: Iterable[Message]) -> None:
         """Mark taken ``messages`` processed: their offsets may be committed."""

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, Message
 from faust.types.tuples import ConsumerMessage
+from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent
 
+from streams import patches
 from streams.bulk import BulkSource
 from streams.patches import bulk_fetch
 
@@ -178,3 +181,39 @@ def test_the_consumer_routes_bulk_topics_to_their_source_and_yields_the_rest(
     assert [m.offset for m in source.messages] == [5, 9]
     assert gaps == [(6, 9)]
     assert consumer._read_offset[TopicPartition("feedback", 0)] == 9
+
+
+def test_offsets_read_again_after_a_skip_are_not_committed_before_they_are_processed() -> None:
+    # The consumer handed 20 after 9: the fetch loop took 10..19 for a hole in the log and
+    # recorded a gap, which Faust's commit passes over. The pipeline rewinds to 10 instead.
+    patches.install()
+    tp = TP("feedback", 0)
+    app = _app()
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    consumer = app.consumer
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._committed_offset = defaultdict(lambda: None, {tp: 10})
+    consumer._acked = defaultdict(list)
+    consumer._acked_index = defaultdict(set)
+    consumer._read_offset = defaultdict(lambda: None)
+    sought: list[int] = []
+
+    async def seek(partition: TP, offset: int) -> None:
+        sought.append(offset)
+        consumer._read_offset[partition] = offset
+
+    consumer.seek = seek
+
+    async def scenario() -> int | None:
+        await FaustConsumer._add_gap(consumer, tp, 10, 20)
+        await source.rewind("feedback", 0, 10, [_message(20)])
+        _put(source, *(_message(offset) for offset in range(10, 21)))
+        batch = await source.take(3, within_s=0.0)  # 10..12 read again and processed
+        for message in batch:
+            consumer._acked[tp].append(message.offset)
+            consumer._acked_index[tp].add(message.offset)
+        source.ack(batch)
+        return FaustConsumer._new_offset(consumer, tp)
+
+    assert asyncio.run(scenario()) == 13, "13..20 are read again but not processed yet"
+    assert sought == [10]
