@@ -10,13 +10,13 @@ from typing import Any
 from faust.types import TP
 
 from streams import metrics
-from streams.app import committed_offsets, fetched_end
+from streams.app import committed_offsets, fetch_position, fetched_end
 
 log = logging.getLogger(__name__)
 
-#: Longest wall time an input not yet read since its partition was assigned holds the
-#: partition's watermark, when the broker never says it has nothing to read.
-HOLD_UNREAD_MAX_S = 30.0
+#: Wall time after which an input not yet read since its partition was assigned, and not
+#: known to have nothing to read, is logged as holding its partition's watermark.
+HOLD_UNREAD_WARN_S = 60.0
 
 
 class Watermarks:
@@ -53,6 +53,7 @@ class Watermarks:
         # The watermark each user state was written under survives a restart in the table:
         # the highest one is where the partition's watermark resumes.
         self.floor: dict[int, float] = {}
+        self.hold_logged: set[tuple[str, int]] = set()
 
     def kind_of(self, topic: str) -> str:
         """``"impression"`` or ``"feedback"``: the input a topic is."""
@@ -115,10 +116,11 @@ class Watermarks:
 
         An input not read yet since the partition was assigned holds the watermark at its
         floor (where it stood when the state was last written) until it is read, or the
-        broker says it has nothing to read; only then does it run on from the partition's
-        first event time. Otherwise, after a restart or a takeover, one input resumed
-        further ahead than the other would close label windows whose feedback is still to
-        be read, and make that input's events look late.
+        broker says it has nothing to read, however long that takes (a broker slow to
+        answer after a restart can take minutes); only then does it run on from the
+        partition's first event time. Otherwise, after a restart or a takeover, one input
+        resumed further ahead than the other would close label windows whose feedback is
+        still to be read, and make that input's events look late.
         """
         floor = self.floor.get(partition, 0.0)
         first = self.first_seen.get(partition)
@@ -130,9 +132,16 @@ class Watermarks:
             source = (topic, partition)
             if source in self.clock:
                 clock, seen = self.clock[source], self.last_input[source]
-            elif source in self.quiet_at or now - first[1] > HOLD_UNREAD_MAX_S:
+            elif source in self.quiet_at:
                 clock, seen = first
             else:
+                if now - first[1] > HOLD_UNREAD_WARN_S and source not in self.hold_logged:
+                    self.hold_logged.add(source)
+                    log.warning(
+                        "input %s[%d] not read in %.0f s since its partition was assigned: "
+                        "the partition's label windows wait for it",
+                        topic, partition, now - first[1],
+                    )  # fmt: skip
                 return floor
             idle = max(0.0, self.quiet_at.get(source, seen) - seen - self.idle_after_s)
             clocks.append(clock + idle)
@@ -160,7 +169,10 @@ class Watermarks:
                     continue
                 position = self.next_offset.get(source)
                 if position is None:
-                    position = committed.get(tp) or 0
+                    # Not read since assigned: reading resumes at the committed offset, or,
+                    # never committed, where the offset reset put the fetch (a log emptied
+                    # by retention starts past 0).
+                    position = committed.get(tp) or fetch_position(consumer, tp) or 0
                 if end is None or end > position:
                     self.quiet_at.pop(source, None)
                     continue
@@ -184,6 +196,7 @@ class Watermarks:
                 self.clock.pop(source, None)
                 self.last_input.pop(source, None)
                 self.quiet_at.pop(source, None)
+                self.hold_logged.discard(source)
 
     def assigned(self, partitions: Iterable[int]) -> None:
         """The input partitions owned after a rebalance. The next offset of those kept

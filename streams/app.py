@@ -126,6 +126,20 @@ def fetched_end(consumer: Any, tp: Any) -> tuple[int | None, float | None]:
     return end, (at_ms / 1000 if at_ms is not None else None)
 
 
+def fetch_position(consumer: Any, tp: Any) -> int | None:
+    """The offset ``consumer`` fetches ``tp`` from next (one past the last record it
+    returned; where an offset reset put it, for a partition never committed); ``None``
+    when not known."""
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None) if thread is not None else consumer
+    try:
+        state = client._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # no subscription, or tp not assigned
+        return None
+    position: int | None = getattr(state, "position", None) if state is not None else None
+    return position
+
+
 def committed_offset(app: faust.App, topic: str, partition: int) -> int | None:
     """The offset reading ``topic[partition]`` resumes from: the committed one (Kafka's next
     to read) as the consumer last sought or committed it; ``None`` when not known."""

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from streams.app import fetched_end
+from streams.app import fetch_position, fetched_end
 from streams.broker import EmbeddedBroker
 from tests.support import new_topic_named
 
@@ -82,3 +82,41 @@ def test_the_answer_time_stops_while_the_broker_is_gone() -> None:
 
 def test_faust_keeps_the_aiokafka_consumer_where_fetched_end_reads_it() -> None:
     assert "_consumer" in vars(AIOKafkaConsumerThread)
+
+
+async def position_without_a_commit(broker: EmbeddedBroker, tp: TopicPartition) -> list[Answer]:
+    bootstrap = [broker.bootstrap]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for _ in range(3):  # a batch each: Tansu's "latest" is right for those
+            await producer.send_and_wait(tp.topic, b"x", partition=0)
+    finally:
+        await producer.stop()
+    # Never committed, reset to the log's end: fetching starts past 0 with no record read
+    # (as it does on a log that retention emptied, reset to the earliest offset).
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, fetch_max_wait_ms=10, auto_offset_reset="latest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        faust_like = SimpleNamespace(_thread=SimpleNamespace(_consumer=consumer))
+        seen = []
+        for _ in range(5):
+            assert not await consumer.getmany(tp, timeout_ms=100)
+            seen.append((fetch_position(faust_like, tp), consumer.highwater(tp)))
+        return seen
+    finally:
+        await consumer.stop()
+
+
+def test_the_fetch_position_of_a_partition_never_committed_is_where_the_reset_put_it() -> None:
+    broker = EmbeddedBroker().start()
+    try:
+        topic = new_topic_named([broker.bootstrap], f"fetch-position-{uuid.uuid4().hex[:8]}")
+        seen = asyncio.run(position_without_a_commit(broker, TopicPartition(topic, 0)))
+    finally:
+        broker.stop()
+    assert seen[-1] == (3, 3), seen
+    assert fetch_position(SimpleNamespace(), TopicPartition(topic, 0)) is None

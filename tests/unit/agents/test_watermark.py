@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
+from typing import Any
 
 from faust.types import TP
 
-from agents.watermarks import HOLD_UNREAD_MAX_S, Watermarks
+from agents.watermarks import HOLD_UNREAD_WARN_S, Watermarks
 
 IMP, FB = "impressions", "feedback"
 
@@ -88,10 +90,32 @@ def test_an_empty_or_unfetched_input_log() -> None:
     assert p.watermark(0) == 995.0
 
 
-def test_the_hold_on_an_unread_input_ends_after_a_bounded_wall_time() -> None:
-    p = pipeline()
-    p.observe(IMP, 0, 1000.0, time.monotonic() - HOLD_UNREAD_MAX_S - 1)
+def test_an_unread_input_never_committed_is_read_up_where_its_fetch_position_is() -> None:
+    # No commit to resume from: the offset reset chose where fetching starts (past 0 on a
+    # log that retention emptied). At the log's end there, nothing is left to read.
+    p, now = pipeline(), time.monotonic()
+    p.observe(IMP, 0, 1000.0, now)
+    consumer = Consumer({TP(FB, 0): 70, TP(IMP, 0): 90}, {})
+    positions = {TP(FB, 0): 12}
+    state = SimpleNamespace(state_value=lambda tp: SimpleNamespace(position=positions[tp]))
+    subscription = SimpleNamespace(subscription=SimpleNamespace(assignment=state))
+    consumer._thread = SimpleNamespace(_consumer=SimpleNamespace(_subscription=subscription))
+    p.check_inputs(consumer)
+    assert p.watermark(0) == 0.0, "offsets 12..69 are still to be read"
+    positions[TP(FB, 0)] = 70
+    p.check_inputs(consumer)
     assert p.watermark(0) == 995.0
+
+
+def test_an_unread_input_holds_however_long_the_broker_takes(caplog: Any) -> None:
+    # A broker slow to answer (S3 storage after a restart: minutes) must not let the
+    # impressions read so far close windows whose feedback is still unread.
+    p = pipeline()
+    p.observe(IMP, 0, 1000.0, time.monotonic() - HOLD_UNREAD_WARN_S - 600)
+    assert p.watermark(0) == 0.0
+    assert "not read in" in caplog.text, "a long hold is logged"
+    p.check_inputs(Consumer({TP(FB, 0): 0, TP(IMP, 0): 1}, {}))
+    assert p.watermark(0) == 995.0, "the broker says the feedback log is empty"
 
 
 def test_idle_inputs_with_nothing_left_to_read_let_event_time_run_on() -> None:
