@@ -131,7 +131,7 @@ def fetch_position(consumer: Any, tp: Any) -> int | None:
     returned; where an offset reset put it, for a partition never committed); ``None``
     when not known."""
     thread = getattr(consumer, "_thread", None)
-    client = getattr(thread, "_consumer", None) if thread is not None else consumer
+    client: Any = getattr(thread, "_consumer", None) if thread is not None else consumer
     try:
         state = client._subscription.subscription.assignment.state_value(tp)
     except Exception:  # no subscription, or tp not assigned
