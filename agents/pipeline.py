@@ -18,7 +18,7 @@ from agents.encoder import OutputEncoder, OutputRecord
 from agents.state import fold
 from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_batch
-from agents.state.state import UserState
+from agents.state.state import Schedule, UserState
 from agents.watermarks import Watermarks
 from schemas.events import Feedback, Impression, Suppression
 from schemas.kinds import NO_REACTION, kind_group
@@ -181,7 +181,7 @@ class InputPipeline:
     async def _process(self, events: list[Message], step: Step) -> None:
         started = time.perf_counter()
         if self.index_stale:
-            await self.rebuild_index(self.users.items())
+            await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
         messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
         decoded = decode_batch(
@@ -327,12 +327,12 @@ class InputPipeline:
             # The periodic rebuild is a safety net: the index is derived from the table,
             # so a user it ever missed is picked up again within REBUILD_EVERY_S.
             if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
-                await self.rebuild_index(self.users.items())
+                await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
             for partition in list(self.deadlines):
                 await self.close_due(partition, step)
             await self.delivery.queue(step)
 
-    async def rebuild_index(self, items: Iterable[tuple[str, UserState]]) -> None:
+    async def rebuild_index(self, items: Iterable[tuple[str, Schedule]]) -> None:
         """Rebuild the label deadlines from the table (after recovery or a rebalance).
 
         Each partition's watermark resumes from the highest one its states were written
@@ -341,11 +341,11 @@ class InputPipeline:
         so one whose write survived is dropped as a duplicate.
         """
         deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        for user_id, state in items:
-            self.watermarks.resume_from(state.partition, state.watermark)
-            deadline = fold.next_deadline(state, self.config)
+        for user_id, schedule in items:
+            self.watermarks.resume_from(schedule.partition, schedule.watermark)
+            deadline = fold.scheduled_deadline(schedule, self.config)
             if deadline is not None:
-                deadlines[state.partition].append((deadline, user_id))
+                deadlines[schedule.partition].append((deadline, user_id))
             await self.pause()
         self.deadlines = deadlines
         for heap in self.deadlines.values():

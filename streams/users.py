@@ -1,9 +1,9 @@
 """The users table seen as a store of typed per-user states.
 
-Faust keeps the table's values in memory and recovers them from the changelog as decoded
-JSON. negstream writes states in place of Faust (a batch per partition, see
-``agents.delivery``) and reads them typed: this adapter is the only code that touches the
-table's private storage.
+Faust keeps the table's values in memory and recovers them from the changelog as the JSON
+bytes of each state's wire form (the table's value serializer is ``raw``). negstream writes
+states in place of Faust (a batch per partition, see ``agents.delivery``) and reads them
+typed: this adapter is the only code that touches the table's private storage.
 """
 
 from __future__ import annotations
@@ -11,16 +11,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+import orjson
 from faust.types import TableT
 
 State = TypeVar("State")
+View = TypeVar("View")
+
+#: orjson options of the wire JSON: those of Faust's ``json`` codec, so a changelog written
+#: before the table's values were stored raw reads the same.
+WIRE_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
 
 class UsersStore(Generic[State]):
-    """Typed get/put over a Faust table whose values are stored as wire dicts.
+    """Typed get/put over a Faust table whose values are stored as wire JSON.
 
-    ``decode`` turns a recovered wire value into a state; ``encode`` a state into its wire
-    value. A recovered value is decoded on its first :meth:`get` and kept decoded.
+    ``decode`` turns a wire value (a JSON object) into a state; ``encode`` a state into its
+    wire value. A recovered value (the JSON bytes, or an already parsed wire dict) is decoded
+    on its first :meth:`get` and kept decoded: a restart parses only the newest record of
+    each user, and only when the user is read.
     """
 
     def __init__(
@@ -39,7 +47,7 @@ class UsersStore(Generic[State]):
         value = self._data.get(user_id)
         if value is None or isinstance(value, self.state_type):
             return value
-        state = self.decode(value)
+        state = self._decoded(value)
         self._data[user_id] = state
         return state
 
@@ -48,7 +56,11 @@ class UsersStore(Generic[State]):
         value = self._data.get(user_id)
         if value is None or isinstance(value, self.state_type):
             return value
-        return self.decode(value)
+        return self._decoded(value)
+
+    def _decoded(self, value: Any) -> State:
+        wire = orjson.loads(value) if isinstance(value, bytes | bytearray | memoryview) else value
+        return self.decode(wire)
 
     def put(self, user_id: str, state: State, partition: int | None = None) -> None:
         """Store ``state`` of a user of ``partition``; its changelog record is written by
@@ -71,6 +83,22 @@ class UsersStore(Generic[State]):
             if state is not None:
                 yield user_id, state
 
+    def views(
+        self, of_state: Callable[[State], View], of_wire: Callable[[dict[str, Any]], View]
+    ) -> Iterator[tuple[str, View]]:
+        """Every stored user's ``of_state(state)``, or ``of_wire(wire value)`` while the
+        user's recovered value is not decoded yet; it stays undecoded (event loop only)."""
+        for user_id in list(self._data):
+            value = self._data.get(user_id)
+            if value is None:
+                continue
+            if isinstance(value, self.state_type):
+                yield user_id, of_state(value)
+            elif isinstance(value, bytes | bytearray | memoryview):
+                yield user_id, of_wire(orjson.loads(value))
+            else:
+                yield user_id, of_wire(value)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -81,9 +109,8 @@ class UsersStore(Generic[State]):
         return name
 
     def changelog_record(self, user_id: str, state: State) -> tuple[bytes | None, bytes]:
-        """The changelog record of one state, encoded as Faust reads it back."""
+        """The changelog record of one state: the key as Faust encodes it, the value the
+        JSON of the state's wire form (what the recovery stores and :meth:`get` decodes)."""
         table: Any = self.table
-        topic = table.changelog_topic
-        key, _ = topic.prepare_key(user_id, table.key_serializer)
-        value, _ = topic.prepare_value(self.encode(state), table.value_serializer)
-        return key, value
+        key, _ = table.changelog_topic.prepare_key(user_id, table.key_serializer)
+        return key, orjson.dumps(self.encode(state), option=WIRE_JSON)

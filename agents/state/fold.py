@@ -34,7 +34,7 @@ from agents.state.features import (
     short_sums,
     window_sums,
 )
-from agents.state.state import Candidate, Pending, Reaction, UserState
+from agents.state.state import Candidate, Pending, Reaction, Schedule, UserState
 from agents.state.suppression import Ranked, fast_path_update, feedback_clock
 from schemas.events import FEATURE_NAMES, Example, Feedback, Impression, ScoreUpdate
 from schemas.kinds import EXPLICIT_NEGATIVE, NEGATIVE_KINDS, label_of, severity
@@ -64,18 +64,33 @@ class Outputs:
 
 def label_due(pending: Pending, config: StateConfig) -> float:
     """Watermark at which an impression is labelled."""
-    return pending.timestamp + config.label_window_s + JOIN_SKEW_S
+    return _label_due_at(pending.timestamp, config)
 
 
 def reaction_due(reaction: Reaction, config: StateConfig) -> float:
     """Watermark past which no open impression can claim a feedback event."""
-    return reaction.timestamp + config.label_window_s + 2 * JOIN_SKEW_S
+    return _reaction_due_at(reaction.timestamp, config)
+
+
+def _label_due_at(timestamp: float, config: StateConfig) -> float:
+    return timestamp + config.label_window_s + JOIN_SKEW_S
+
+
+def _reaction_due_at(timestamp: float, config: StateConfig) -> float:
+    return timestamp + config.label_window_s + 2 * JOIN_SKEW_S
 
 
 def next_deadline(state: UserState, config: StateConfig) -> float | None:
     """Watermark at which the user's earliest open impression or reaction is due, if any."""
     times = [label_due(p, config) for p in state.pending]
     times += [reaction_due(r, config) for r in state.reactions]
+    return min(times) if times else None
+
+
+def scheduled_deadline(schedule: Schedule, config: StateConfig) -> float | None:
+    """:func:`next_deadline` of the state ``schedule`` was read from."""
+    times = [_label_due_at(t, config) for t in schedule.pending_times]
+    times += [_reaction_due_at(t, config) for t in schedule.reaction_times]
     return min(times) if times else None
 
 
@@ -468,4 +483,5 @@ __all__ = [
     "apply_and_advance_in_steps",
     "apply_events",
     "next_deadline",
+    "scheduled_deadline",
 ]

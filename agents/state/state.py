@@ -218,3 +218,54 @@ class UserState:
             int(wire.get("partition", 0)),
             float(wire.get("watermark", 0.0)),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """What the label-deadline index reads of a user's state: its partition, the watermark it
+    was written under, and the event times of its open impressions and kept reactions.
+
+    :meth:`from_wire` reads them from a changelog value without decoding the whole state:
+    a restarted worker indexes every recovered user before its first batch, and decodes a
+    user's state only when an event or a reader needs it.
+
+    Examples
+    --------
+    >>> state = UserState(partition=3, watermark=9.0, pending=[Pending("e", "i", None, None,
+    ...                   None, 7.0)])
+    >>> Schedule.from_wire(state.to_wire()) == Schedule.of(state)
+    True
+    """
+
+    partition: int
+    watermark: float
+    pending_times: tuple[float, ...]
+    reaction_times: tuple[float, ...]
+
+    @classmethod
+    def of(cls, state: UserState) -> Schedule:
+        """The schedule of a decoded state."""
+        return cls(
+            state.partition,
+            state.watermark,
+            tuple(p.timestamp for p in state.pending),
+            tuple(r.timestamp for r in state.reactions),
+        )
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> Schedule:
+        """The schedule of a changelog value of any known version (as
+        :meth:`UserState.from_wire` reads it)."""
+        version = wire.get("version", 0)
+        if version > WIRE_VERSION:
+            raise ValueError(f"user state of wire version {version}; this worker reads <= 2")
+        # Timestamps sit where Pending.to_wire and Reaction.to_wire put them (or in
+        # version 1's dicts).
+        pending = wire.get("pending") or ()
+        reactions = wire.get("reactions") or wire.get("orphans") or ()
+        return cls(
+            int(wire.get("partition", 0)),
+            float(wire.get("watermark", 0.0)),
+            tuple(float(p["timestamp"] if isinstance(p, dict) else p[5]) for p in pending),
+            tuple(float(r["timestamp"] if isinstance(r, dict) else r[4]) for r in reactions),
+        )

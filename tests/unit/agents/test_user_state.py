@@ -7,7 +7,7 @@ import dataclasses
 
 from agents.state import features
 from agents.state import fold as user_state
-from agents.state.state import Candidate, UserState
+from agents.state.state import Candidate, Schedule, UserState
 from schemas import Feedback, Impression
 from tests.support import state_config
 
@@ -254,3 +254,22 @@ def test_folding_in_steps_gives_the_result_of_one_pass() -> None:
             whole[1].counts,
         )
         assert out.updates and out.examples
+
+
+def test_the_deadline_index_reads_from_the_wire_what_the_decoded_state_gives() -> None:
+    state, _ = user_state.apply_events(
+        None, [imp("e1", 0.0), imp("e2", 30.0), fb("e3", 10.0, item="i9")], SETTINGS, T0
+    )
+    state.partition, state.watermark = 2, T0 + 5.0
+    assert state.pending and state.reactions  # both kinds of deadline are present
+    expected = user_state.next_deadline(state, SETTINGS)
+    assert expected == T0 + 0.0 + 60.0 + user_state.JOIN_SKEW_S
+    schedule = Schedule.from_wire(state.to_wire())
+    assert schedule == Schedule.of(state)
+    assert (schedule.partition, schedule.watermark) == (2, T0 + 5.0)
+    assert user_state.scheduled_deadline(schedule, SETTINGS) == expected
+    # Version 1 kept pending impressions as dicts and reactions as "orphans".
+    old = {"pending": [{"event_id": "e1", "item_id": "i1", "timestamp": T0 + 40.0}],
+           "orphans": [{"item_id": "i9", "kind": "skip", "timestamp": T0 + 1.0}]}  # fmt: skip
+    assert Schedule.from_wire(old) == Schedule.of(UserState.from_wire(old))
+    assert user_state.scheduled_deadline(Schedule.from_wire({}), SETTINGS) is None

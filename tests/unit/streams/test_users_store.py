@@ -25,3 +25,17 @@ def test_states_of_partitions_no_longer_owned_are_dropped_after_recovery(tmp_pat
     asyncio.run(table.data.on_recovery_completed({TP(changelog, 0)}, set()))
     assert users.get("kept") is not None
     assert users.get("moved") is None
+
+
+def test_a_changelog_value_is_the_json_faust_wrote_before_values_were_stored_raw(
+    tmp_path,
+) -> None:
+    settings = Settings(data_dir=str(tmp_path))
+    app = build_app(settings)
+    users = users_store(declare_users_table(app, settings))
+    state = UserState(clock=2.5, partition=1, seen={"e1": 2.0}, fine={"7": {"imp": 1}})
+    _, value = users.changelog_record("u1", state)
+    assert value == app.serializers.dumps_value(None, state.to_wire(), serializer="json")
+    # Either form read back from the changelog (raw bytes now, a parsed dict before) decodes.
+    users.table.data.data.update({"raw": value, "parsed": state.to_wire()})
+    assert users.get("raw") == users.peek("parsed") == state
