@@ -108,6 +108,14 @@ class BulkSource:
             message.tracked = True
             unacked.add(message)
             batch.append(message)
+        # Faust's consumer checks each partition it is behind on for a stream that takes its
+        # events, and logs an error when none has for a while: these records are taken here.
+        monitor = getattr(self.app, "monitor", None)
+        if batch and monitor is not None:
+            now = time.monotonic()
+            inbound = monitor.stream_inbound_time
+            for message in batch:
+                inbound[message.tp] = now
         return batch
 
     async def rewind(

@@ -217,3 +217,14 @@ def test_offsets_read_again_after_a_skip_are_not_committed_before_they_are_proce
 
     assert asyncio.run(scenario()) == 13, "13..20 are read again but not processed yet"
     assert sought == [10]
+
+
+def test_taking_records_tells_faust_their_partitions_are_being_processed() -> None:
+    # Faust's consumer logs "Stream has not started processing" for a partition it is behind
+    # on unless a stream took an event of it lately.
+    app = _app()
+    app.monitor = SimpleNamespace(stream_inbound_time={})
+    source = BulkSource(app, ["feedback"], max_buffered=100)
+    _put(source, _message(0, partition=0), _message(0, partition=2), _message(1, partition=2))
+    asyncio.run(source.take(10, within_s=0.0))
+    assert set(app.monitor.stream_inbound_time) == {TP("feedback", 0), TP("feedback", 2)}
