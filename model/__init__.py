@@ -1,5 +1,5 @@
 """Online negative-feedback model: hashing, batches, the torch model, baselines, checkpoints,
-metrics."""
+updates for scoring replicas, metrics."""
 
 from model.baselines import RateLogistic, RunningRate
 from model.batch import CandidateBatch, ExampleBatch, squash
@@ -24,6 +24,9 @@ from model.monitor.prequential import Learner, Prequential
 from model.monitor.rates import KindShift, RateShift
 from model.online import OnlineModel
 from model.sampling import sample_extra_negatives
+from model.sync import ModelReplica, take_update
+from model.touched import TouchedRows
+from model.update import ModelUpdate, TableRows, UpdateAssembler, decode_update, encode_update
 from model.wide import RateRegression
 
 __all__ = [
@@ -48,6 +51,8 @@ __all__ = [
     "Learner",
     "LogLoss",
     "ModelConfig",
+    "ModelReplica",
+    "ModelUpdate",
     "OnlineLogistic",
     "OnlineModel",
     "PSIMonitor",
@@ -59,6 +64,11 @@ __all__ = [
     "RateTable",
     "RollingAUC",
     "RunningRate",
+    "TableRows",
+    "TouchedRows",
+    "UpdateAssembler",
+    "decode_update",
+    "encode_update",
     "expected_collision_fraction",
     "load_latest",
     "p_negative",
@@ -69,4 +79,5 @@ __all__ = [
     "save_checkpoint",
     "squash",
     "stable_hash",
+    "take_update",
 ]

@@ -27,9 +27,13 @@ from model.lazy_adagrad import LazyAdagrad
 from model.lazy_adam import LazyAdam
 from model.network import LOGITS, Network
 from model.sampling import sample_extra_negatives
+from model.touched import TouchedRows
 from model.wide import RateRegression
 
-__all__ = ["OnlineModel", "heads_of"]
+__all__ = ["CROSS_BIAS_ROWS", "EMBEDDING_ROWS", "RATE_ROWS", "OnlineModel", "heads_of"]
+
+#: Names of the id embeddings, cross biases and rate table in :attr:`OnlineModel.changes`.
+EMBEDDING_ROWS, CROSS_BIAS_ROWS, RATE_ROWS = "network.table", "network.biases", "wide.table"
 
 _EXPLICIT = HEADS.index("explicit_negative")
 _IMPLICIT = HEADS.index("implicit_negative")
@@ -131,6 +135,9 @@ class OnlineModel:
     ----------
     config
         All knobs; ``ModelConfig()`` when omitted.
+    changes
+        Where each learned batch marks the table rows it wrote (for publishing updates, see
+        :mod:`model.sync`); None: nothing is tracked.
 
     Examples
     --------
@@ -147,8 +154,11 @@ class OnlineModel:
     ((1, 3), dtype('float32'), True, True)
     """
 
-    def __init__(self, config: ModelConfig | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig | None = None, changes: TouchedRows | None = None
+    ) -> None:
         self.config = config or ModelConfig()
+        self.changes = changes
         self.device = resolve_device(self.config.device)
         self._wide = RateRegression(
             self.config,
@@ -199,6 +209,16 @@ class OnlineModel:
             self._optimizers = [torch.optim.Adagrad(sparse + dense, lr=lr), LazyAdagrad([biases])]
         self.version = 0
         self.examples_seen = 0
+
+    @property
+    def network(self) -> Network:
+        """The deep part (embeddings, MLP, cross biases); read it, learning owns it."""
+        return self._net
+
+    @property
+    def wide(self) -> RateRegression:
+        """The wide part (rate tables and their regression); read it, learning owns it."""
+        return self._wide
 
     def _blend(self) -> float:
         """Share of the deep part in the logits: 0 to 1 over the first ``deep_warmup``
@@ -280,6 +300,10 @@ class OnlineModel:
         n = len(examples)
         self._wide.learn(inputs, targets[:n], weights[:n], residual[:n].detach())
         self._wide.count(wide_rows, examples)
+        if self.changes is not None:
+            self.changes.mark(EMBEDDING_ROWS, ids)
+            self.changes.mark(CROSS_BIAS_ROWS, bias_rows)
+            self.changes.mark(RATE_ROWS, wide_rows)
         self.version += 1
         self.examples_seen += n
 
@@ -352,6 +376,9 @@ class OnlineModel:
         if saved != current:
             changed = sorted(key for key in current if saved.get(key) != current[key])
             raise ValueError(f"state was saved with a different config: {changed}")
+        if self.changes is not None:
+            # Before any tensor is replaced: a load that fails half-way leaves a new state too.
+            self.changes.restart()
         self._net.load_state_dict(state["network"])
         self._wide.load_state_dict(state["wide"])
         for optimizer, optimizer_state in zip(self._optimizers, state["optimizers"], strict=True):
