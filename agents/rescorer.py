@@ -8,8 +8,9 @@ import hashlib
 import itertools
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agents.delivery import deliver_records
 from agents.encoder import OutputEncoder, OutputRecord
@@ -18,8 +19,7 @@ from agents.state.config import StateConfig
 from agents.state.features import feature_rows
 from agents.state.state import UserState
 from agents.state.suppression import active_suppressions, for_update
-from agents.trainer import Trainer
-from model import CandidateBatch
+from model import CandidateBatch, ModelConfig
 from schemas.events import ItemScore, ScoreUpdate, Suppression
 from streams import metrics
 from streams.output import OutputProducer
@@ -60,6 +60,30 @@ def trigger_ids(triggers: list[tuple[str, int | None]]) -> tuple[str, ...]:
     return tuple(kept + (examples[-room:] if room else []))
 
 
+class Scorer(Protocol):
+    """The model rescoring asks: a worker's own (:class:`agents.trainer.Trainer`) or the
+    trainer's shared one (:class:`agents.model_follower.ModelFollower`)."""
+
+    @property
+    def executor(self) -> Executor:
+        """The one thread every call of the model runs on (never the event loop)."""
+        ...
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's config: candidate batches are built with it."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether there is a model to score with yet."""
+        ...
+
+    def score(self, batch: CandidateBatch) -> tuple[list[float], int]:
+        """p_negative of each candidate, and the version of the model that gave them."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Rescore:
     """One user to rescore: the stored state read, why, and the suppressions to publish."""
@@ -74,8 +98,9 @@ class Rescorer:
     """Rescores queued users (queued by their new feedback, and by learned examples), at
     most once per ``score_min_interval_s`` each, so a busy user's updates are coalesced.
 
-    Featurising, scoring and encoding run on the trainer's model thread: stored states are
+    Featurising, scoring and encoding run on the scorer's model thread: stored states are
     never changed in place, so reading them there is safe, and the event loop stays free.
+    While the scorer has no model yet (a remote model not received), users stay queued.
     """
 
     def __init__(
@@ -83,7 +108,7 @@ class Rescorer:
         settings: Settings,
         config: StateConfig,
         users: UsersStore[UserState],
-        trainer: Trainer,
+        scorer: Scorer,
         encoder: OutputEncoder,
         outputs: OutputProducer,
         lane: SuppressionsAhead | None = None,
@@ -91,7 +116,7 @@ class Rescorer:
         self.settings = settings
         self.config = config
         self.users = users
-        self.trainer = trainer
+        self.scorer = scorer
         self.encoder = encoder
         self.outputs = outputs
         # Suppressions the fast lane published ahead of the users table are merged in.
@@ -175,14 +200,14 @@ class Rescorer:
     async def refresh(self, urgent_only: bool = False) -> None:
         """Rescore the queued users that have not been refreshed too recently (with
         ``urgent_only``, only those with new feedback among their triggers)."""
-        if not (self.urgent if urgent_only else self.pending):
+        if not (self.urgent if urgent_only else self.pending) or not self.scorer.ready:
             return
         jobs = await self._due_jobs(time.monotonic(), urgent_only)
         if not jobs:
             return
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self.trainer.executor, self._rescore, jobs)
+        records = await loop.run_in_executor(self.scorer.executor, self._rescore, jobs)
         metrics.SCORE_REFRESH_SECONDS.observe(time.perf_counter() - started)
         await deliver_records(self.outputs, records)
         sent = time.time()
@@ -208,10 +233,9 @@ class Rescorer:
             ids["item_id"] += [c.item_id for c in candidates]
             ids["creator_id"] += [c.creator_id for c in candidates]
             ids["category"] += [c.category for c in candidates]
-        # The model is configured with FEATURE_NAMES (see Trainer), the rows' order.
-        model = self.trainer.model
-        batch = CandidateBatch.from_columns(ids, dense, model.config)
-        p_negative, version = model.p_negative(batch).tolist(), model.version
+        # The model is configured with FEATURE_NAMES (see agents.trainer), the rows' order.
+        batch = CandidateBatch.from_columns(ids, dense, self.scorer.config)
+        p_negative, version = self.scorer.score(batch)
         records: list[OutputRecord] = []
         start = 0
         for job in jobs:

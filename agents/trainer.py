@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +16,7 @@ import orjson
 import torch
 from faust.types import Message
 
-from model import CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
+from model import CandidateBatch, CheckpointStore, ExampleBatch, ModelConfig, OnlineModel
 from model.monitor.prequential import Prequential
 from schemas.events import FEATURE_NAMES
 from schemas.kinds import DEFAULT_SEVERITY
@@ -34,6 +35,45 @@ CHECKPOINTED_IDS = 50_000
 Learned = tuple[list[dict[str, Any]], np.ndarray]
 
 
+def model_config(settings: Settings) -> ModelConfig:
+    """The model every trainer learns and every scoring replica holds (device aside)."""
+    return ModelConfig(
+        device=settings.device,
+        features=FEATURE_NAMES,
+        severity=dict(DEFAULT_SEVERITY),
+        buckets=settings.model_buckets,
+        # Id pairs are ~4x as many as ids: 2**20 at the default 2**18 buckets.
+        cross_buckets=4 * settings.model_buckets,
+    )
+
+
+def fresh_examples(
+    values: Iterable[tuple[int, bytes | None]], seen: OrderedDict[str, None]
+) -> list[dict[str, Any]]:
+    """The decoded examples among ``(offset, value)`` records whose ``example_id`` is not in
+    ``seen``; their ids are added to it (the oldest beyond :data:`SEEN_EXAMPLES` dropped).
+
+    A copy of an example published again (at-least-once delivery) is skipped and counted;
+    an undecodable record is logged and skipped.
+    """
+    examples = []
+    for offset, value in values:
+        try:
+            example = orjson.loads(value or b"")
+            example_id = example["example_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("skipping an undecodable training example at offset %d", offset)
+            continue
+        if example_id in seen:
+            metrics.TRAIN_DUPLICATES.inc()
+            continue
+        seen[example_id] = None
+        examples.append(example)
+    while len(seen) > SEEN_EXAMPLES:
+        seen.popitem(last=False)
+    return examples
+
+
 class Trainer:
     """Owns the online model; every torch call runs on :attr:`executor`, one thread, never
     the event loop.
@@ -47,15 +87,7 @@ class Trainer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         torch.set_num_threads(max(1, settings.torch_threads))
-        config = ModelConfig(
-            device=settings.device,
-            features=FEATURE_NAMES,
-            severity=dict(DEFAULT_SEVERITY),
-            buckets=settings.model_buckets,
-            # Id pairs are ~4x as many as ids: 2**20 at the default 2**18 buckets.
-            cross_buckets=4 * settings.model_buckets,
-        )
-        self.model = OnlineModel(config)
+        self.model = OnlineModel(model_config(settings))
         self.store = CheckpointStore(settings.checkpoint_dir)
         self.offsets: dict[int, int] = {}
         self.resumed_ids: list[str] = []
@@ -89,21 +121,9 @@ class Trainer:
     async def train(self, messages: list[Message]) -> Learned:
         """Test-then-train on one micro-batch of ``training-examples`` messages; return the
         examples learned (redelivered copies are skipped) with their predictions."""
-        examples = []
         for message in messages:
             self.offsets[message.partition] = message.offset
-            try:
-                example = orjson.loads(message.value or b"")
-                example_id = example["example_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.warning("skipping an undecodable training example at offset %d", message.offset)
-                continue
-            if example_id in self.seen:
-                continue
-            self.seen[example_id] = None
-            examples.append(example)
-        while len(self.seen) > SEEN_EXAMPLES:
-            self.seen.popitem(last=False)
+        examples = fresh_examples(((m.offset, m.value) for m in messages), self.seen)
         if not examples:
             return [], np.zeros((0, 0), dtype=np.float32)
         loop = asyncio.get_running_loop()
@@ -123,6 +143,20 @@ class Trainer:
         if due or self.batches_since_checkpoint >= self.settings.checkpoint_every_batches:
             await loop.run_in_executor(self.executor, self.checkpoint)
         return examples, predictions
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model's config (rescoring builds its batches with it)."""
+        return self.model.config
+
+    @property
+    def ready(self) -> bool:
+        """Always: a local model scores from its first state on."""
+        return True
+
+    def score(self, batch: CandidateBatch) -> tuple[list[float], int]:
+        """p_negative of each candidate and the model version (on :attr:`executor`)."""
+        return self.model.p_negative(batch).tolist(), self.model.version
 
     def _learn(self, examples: list[dict[str, Any]]) -> np.ndarray:
         batch = ExampleBatch.from_examples(examples, self.model.config)

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
@@ -16,13 +17,14 @@ from agents.delivery import OrderedDelivery
 from agents.drift import DriftReporter
 from agents.encoder import OutputEncoder
 from agents.fast_lane import FastLane
+from agents.model_follower import ModelFollower
 from agents.pipeline import InputPipeline
 from agents.progress import ProgressWatch
-from agents.rescorer import Rescorer
+from agents.rescorer import Rescorer, Scorer
 from agents.state.config import StateConfig
 from agents.state.features import table_view
 from agents.state.state import UserState
-from agents.trainer import Trainer
+from agents.trainer import Trainer, fresh_examples, model_config
 from agents.watermarks import Watermarks
 from streams import metrics
 from streams.app import committed_offset, recovery_done, recovery_ended_at, recovery_status
@@ -74,8 +76,18 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
         committed=lambda topic, partition: committed_offset(app, topic, partition),
     )
     lane = FastLane(settings, config, users, watermarks, encoder)
-    trainer = Trainer(settings)
-    rescorer = Rescorer(settings, config, users, trainer, encoder, outputs, lane)
+    # A worker either trains its own model or scores with the trainer's (README, Scaling out).
+    trainer: Trainer | None = None
+    follower: ModelFollower | None = None
+    scorer: Scorer
+    if settings.model_source == "remote":
+        scorer = follower = ModelFollower(settings, model_config(settings))
+        metrics.MODEL_AGE.set_function(follower.age)
+    else:
+        scorer = trainer = Trainer(settings)
+    metrics.MODEL_REMOTE.set(follower is not None)
+    metrics.MODEL_MAX_AGE.set(settings.model_max_age_s)
+    rescorer = Rescorer(settings, config, users, scorer, encoder, outputs, lane)
     drift = DriftReporter(settings, config, users, outputs)
     delivery = OrderedDelivery(outputs, OutputProducer(settings, "changelog"), users)
     pipeline = InputPipeline(
@@ -95,8 +107,19 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.task  # type: ignore[untyped-decorator]
     async def training() -> None:
-        loop = train_batches(examples, trainer, rescorer, drift, settings)
-        await _until_failure(app, "trainer", loop)
+        if trainer is not None:
+            await _until_failure(
+                app, "trainer", train_batches(examples, trainer, rescorer, drift, settings)
+            )
+        elif follower is not None:
+            loop = follow_examples(examples, follower, rescorer, drift, settings)
+            await _until_failure(app, "examples", loop)
+
+    if follower is not None:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def model_updates() -> None:
+            await _until_failure(app, "model updates", follower.run())
 
     @app.task  # type: ignore[untyped-decorator]
     async def event_loop_lag() -> None:
@@ -108,7 +131,11 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
     @app.timer(settings.drift_interval_s, name="negstream.drift")  # type: ignore[untyped-decorator]
     async def drift_report() -> None:
-        await drift.report(trainer.prequential.get(), trainer.model.version)
+        if trainer is not None:
+            await drift.report(trainer.prequential.get(), trainer.model.version)
+        elif follower is not None:
+            # Test-then-train figures are the trainer's (on its /metrics).
+            await drift.report({}, follower.version or 0)
 
     @app.timer(max(0.1, settings.idle_flush_s / 2), name="negstream.idle_flush")  # type: ignore[untyped-decorator]
     async def idle_flush() -> None:
@@ -220,6 +247,27 @@ async def train_batches(
             source.ack(messages)
     finally:
         await trainer.close()
+
+
+async def follow_examples(
+    source: BulkSource,
+    follower: ModelFollower,
+    rescorer: Rescorer,
+    drift: DriftReporter,
+    settings: Settings,
+) -> None:
+    """With a remote model the worker learns nothing: its partitions' examples feed the
+    drift monitor (with the replica's predictions, made before the replica has their
+    update, mostly) and queue their users for rescoring with the newest model it holds."""
+    seen: OrderedDict[str, None] = OrderedDict()
+    while True:
+        messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
+        examples = fresh_examples(((m.offset, m.value) for m in messages), seen)
+        predictions = await follower.predict(examples)
+        if predictions is not None:
+            drift.observe(examples, predictions)
+        rescorer.learned(examples)
+        source.ack(messages)
 
 
 async def _until_failure(app: faust.App, name: str, loop: Awaitable[None]) -> None:

@@ -41,6 +41,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -113,7 +114,8 @@ def take_update(model: OnlineModel, full: bool) -> ModelUpdate:
     A delta unless ``full`` is asked for or none can be made: nothing was taken since the
     model's changes started (or restarted on a state load). Every take starts the next
     delta's rows afresh, so each update taken must reach the replicas (or be followed by a
-    snapshot). Call it from the thread that trains the model.
+    snapshot). Call it from the thread that trains the model. The update's ``created`` is
+    the wall-clock time of the call.
     """
     changes = model.changes
     touched: dict[str, torch.Tensor] = {}
@@ -148,6 +150,7 @@ def take_update(model: OnlineModel, full: bool) -> ModelUpdate:
         config=config_digest(model.config),
         dense=dense,
         tables=tables,
+        created=time.time(),
     )
 
 
@@ -173,6 +176,8 @@ class ModelReplica:
         self.lineage: int | None = None
         #: Version of the state held; None until the first snapshot.
         self.version: int | None = None
+        #: When the update that brought the replica to :attr:`version` was taken (Unix s).
+        self.created: float | None = None
         self.applied = 0
         #: Deltas refused for a missing predecessor (a gap, another lineage, no snapshot yet).
         self.refused_gaps = 0
@@ -213,6 +218,7 @@ class ModelReplica:
             self.model.examples_seen = update.examples_seen
             self.model.version = update.version
             self.version, self.lineage = update.version, update.lineage
+            self.created = update.created
             self.applied += 1
             return True
 

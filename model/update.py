@@ -10,8 +10,9 @@ the order its directory lists them. The payload is cut into chunks; every chunk 
   (0 snapshot, 1 delta), lineage, version, base version (-1 for a snapshot), chunk index,
   chunk count, offset of the chunk's bytes in the payload, payload size, directory size,
   size of the chunk's bytes and a CRC-32 of everything in the chunk but the CRC itself;
-* the directory, JSON: the config digest, ``examples_seen`` and ``[role, name, dtype,
-  shape]`` of every array (role ``dense``, ``rows`` or ``values``);
+* the directory, JSON: the config digest, ``examples_seen``, ``created`` (when the update
+  was taken, Unix seconds; left out when not known) and ``[role, name, dtype, shape]`` of
+  every array (role ``dense``, ``rows`` or ``values``);
 * the chunk's slice of the payload.
 
 Every chunk carries the whole directory, so any one of them says what it belongs to and the
@@ -107,6 +108,9 @@ class ModelUpdate:
         Every tensor predictions read that is not a row table, whole, by name.
     tables
         Per row table (by name) the rows the update carries.
+    created
+        When the update was taken off the model (Unix seconds; 0 when not known): a replica's
+        model is as old as the newest update it applied.
     """
 
     lineage: int
@@ -116,6 +120,7 @@ class ModelUpdate:
     config: str
     dense: Mapping[str, Array] = field(default_factory=dict)
     tables: Mapping[str, TableRows] = field(default_factory=dict)
+    created: float = 0.0
 
     @property
     def kind(self) -> Literal["snapshot", "delta"]:
@@ -159,16 +164,15 @@ def encode_update(
     """Chunks of at most ``max_chunk_bytes`` each that :class:`UpdateAssembler` puts back
     together, bit for bit (see the module's wire form)."""
     arrays = _arrays(update)
-    directory = json.dumps(
-        {
-            "config": update.config,
-            "examples_seen": update.examples_seen,
-            "arrays": [
-                [role, name, _wire_dtype(array), list(array.shape)] for role, name, array in arrays
-            ],
-        },
-        separators=(",", ":"),
-    ).encode()
+    if not math.isfinite(update.created):
+        raise ValueError(f"creation time {update.created} does not make an update")
+    meta: dict[str, Any] = {"config": update.config, "examples_seen": update.examples_seen}
+    if update.created:
+        meta["created"] = update.created
+    meta["arrays"] = [
+        [role, name, _wire_dtype(array), list(array.shape)] for role, name, array in arrays
+    ]
+    directory = json.dumps(meta, separators=(",", ":")).encode()
     views = [
         np.ascontiguousarray(array, dtype=_wire_dtype(array)).reshape(-1).data.cast("B")
         for _, _, array in arrays
@@ -277,9 +281,16 @@ def _layout(directory: bytes, total: int) -> tuple[dict[str, Any], Layout]:
             (str(role), str(name), str(dtype), tuple(int(size) for size in shape))
             for role, name, dtype, shape in parsed["arrays"]
         ]
-        meta = {"config": str(parsed["config"]), "examples_seen": int(parsed["examples_seen"])}
+        created = float(parsed.get("created", 0.0))
+        meta = {
+            "config": str(parsed["config"]),
+            "examples_seen": int(parsed["examples_seen"]),
+            "created": created,
+        }
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
         raise ValueError(f"update directory is malformed: {error}") from error
+    if not math.isfinite(created):
+        raise ValueError(f"update directory has creation time {created}")
     size = 0
     for role, name, dtype, shape in arrays:
         if role not in ("dense", "rows", "values") or dtype not in _DTYPES:
@@ -329,6 +340,7 @@ def _update(first: _Chunk, payload: bytearray) -> ModelUpdate:
         config=meta["config"],
         dense=dense,
         tables=tables,
+        created=meta["created"],
     )
 
 
@@ -339,18 +351,26 @@ class UpdateAssembler:
     update (a partly received one is dropped and counted in ``dropped``); any other chunk must
     continue the update being received. A chunk that is malformed, corrupted or out of place
     raises ValueError and drops the partly received update; the assembler stays usable.
+
+    Each chunk's bytes are appended to the payload as it arrives: no step copies a whole
+    update at once, which would hold the interpreter (and every other thread's work, an
+    event loop's included) for the length of that copy.
     """
 
     def __init__(self) -> None:
         self._first: _Chunk | None = None
-        self._parts: list[memoryview] = []
-        self._received = 0
+        self._payload = bytearray()
+        self._chunks = 0
         self.dropped = 0
+
+    @property
+    def _received(self) -> int:
+        return len(self._payload)
 
     def _drop(self) -> None:
         if self._first is not None:
             self.dropped += 1
-        self._first, self._parts, self._received = None, [], 0
+        self._first, self._payload, self._chunks = None, bytearray(), 0
 
     def add(self, chunk: bytes) -> ModelUpdate | None:
         """Take the next chunk; the whole update once this was its last chunk."""
@@ -363,7 +383,7 @@ class UpdateAssembler:
             elif (
                 self._first is None
                 or parsed.identity != self._first.identity
-                or parsed.index != len(self._parts)
+                or parsed.index != self._chunks
             ):
                 raise ValueError(
                     f"update chunk {parsed.index} of {parsed.count} arrived without the chunks "
@@ -374,16 +394,16 @@ class UpdateAssembler:
                     f"update chunk {parsed.index} starts at byte {parsed.offset}, "
                     f"not {self._received}"
                 )
-            self._parts.append(parsed.body)
-            self._received += parsed.body.nbytes
+            self._payload += parsed.body
+            self._chunks += 1
             if parsed.index + 1 < parsed.count:
                 return None
             first = self._first
             assert first is not None
             if self._received != first.total:
                 raise ValueError(f"update chunks hold {self._received} bytes of {first.total}")
-            payload = bytearray().join(self._parts)
-            self._first, self._parts, self._received = None, [], 0
+            payload = self._payload
+            self._first, self._payload, self._chunks = None, bytearray(), 0
             return _update(first, payload)
         except ValueError:
             self._drop()

@@ -1,4 +1,4 @@
-"""The ``negstream`` command line: worker, demo, broker, simulate, replay, schema."""
+"""The ``negstream`` command line: worker, trainer, demo, broker, simulate, replay, schema."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from negstream.worker import run_worker
 
     return run_worker(settings)
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    settings = _settings(args)  # a bad setting fails before torch is imported
+    from negstream.trainer import run_trainer
+
+    return run_trainer(settings)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -176,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream-processing worker")
     broker_option(p)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "trainer",
+        help="train one model on every partition of training-examples and publish it to "
+        "model-updates for workers with NEGSTREAM_MODEL_SOURCE=remote",
+    )
+    broker_option(p)
+    p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("demo", help="embedded broker + worker + simulated stream, printed live")
     p.add_argument("--duration", type=float, default=0.0,

@@ -23,6 +23,15 @@ TOPIC_NAMES = ("impressions", "feedback", "examples", "scores", "drift", "dead_l
 #: Faust tables whose changelogs are created with the topics.
 TABLE_NAMES = ("users",)
 
+#: The model-updates topic has one partition: updates are read in the order they were taken.
+MODEL_UPDATES_PARTITIONS = 1
+#: Largest record batch of model-updates: a chunk is at most 900 KiB
+#: (``model.update.DEFAULT_MAX_CHUNK_BYTES``), which the 1 MiB default only just holds.
+MODEL_UPDATES_MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+#: Shortest retention of model-updates; snapshots make older records useless, but a worker
+#: that starts while the trainer is down still needs the newest one.
+MODEL_UPDATES_MIN_RETENTION_MS = 6 * 3600 * 1000
+
 
 class TopicLayoutError(RuntimeError):
     """Existing topics cannot work with these settings (e.g. inputs not co-partitioned)."""
@@ -137,10 +146,30 @@ def client_security(settings: Settings) -> dict[str, str]:
     return options
 
 
+def model_updates_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of model-updates: retention of at least three snapshot intervals (the
+    newest snapshot is never gone while the trainer publishes), segments rolled six times a
+    retention so that old snapshots are deleted, and room for a chunk per record."""
+    interval_ms = settings.model_snapshot_every * settings.model_sync_s * 1000
+    retention = max(MODEL_UPDATES_MIN_RETENTION_MS, int(3 * interval_ms))
+    return {
+        "retention.ms": str(retention),
+        "segment.ms": str(retention // 6),
+        "max.message.bytes": str(MODEL_UPDATES_MAX_MESSAGE_BYTES),
+    }
+
+
 def wanted_topics(settings: Settings) -> list[NewTopic]:
     """Every topic negstream reads or writes, with partitions and retention."""
     retention = {"retention.ms": str(settings.retention_ms)}
-    topics = []
+    topics = [
+        NewTopic(
+            settings.topic("model_updates"),
+            MODEL_UPDATES_PARTITIONS,
+            settings.replication_factor,
+            topic_configs=model_updates_configs(settings),
+        )
+    ]
     for name in TOPIC_NAMES:
         configs = {"cleanup.policy": "compact"} if name == "scores" else retention
         topics.append(
@@ -173,7 +202,7 @@ def ensure_topics(settings: Settings, timeout: float | None = 30.0) -> list[str]
 
     Waits for the cluster as :func:`admin_client` does. Returns the names created. Raises
     :class:`TopicLayoutError` when an existing topic has a different partition count: the
-    inputs and changelogs must be co-partitioned by user_id.
+    inputs and changelogs must be co-partitioned by user_id, and model-updates must have one.
     """
     admin = admin_client(settings, timeout)
     try:
@@ -187,9 +216,9 @@ def ensure_topics(settings: Settings, timeout: float | None = 30.0) -> list[str]
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
-        present = [t.name for t in wanted if t.name not in created]
+        present = {t.name: t.num_partitions for t in wanted if t.name not in created}
         if present:
-            _check_partitions(admin, present, settings.partitions)
+            _check_partitions(admin, present, settings.topic("model_updates"))
         if created:
             log.info("created topics: %s", ", ".join(created))
         return created
@@ -197,11 +226,21 @@ def ensure_topics(settings: Settings, timeout: float | None = 30.0) -> list[str]
         admin.close()
 
 
-def _check_partitions(admin: KafkaAdminClient, names: list[str], partitions: int) -> None:
-    for description in admin.describe_topics(names):
+def _check_partitions(admin: KafkaAdminClient, wanted: dict[str, int], model_updates: str) -> None:
+    """Raise :class:`TopicLayoutError` unless each topic has its wanted partition count."""
+    for description in admin.describe_topics(list(wanted)):
+        # kafka-python 3 names the topic "name", 2.x "topic".
+        name = description.get("name") or description.get("topic")
         count = len(description.get("partitions", []))
-        if count and count != partitions:
+        partitions = wanted.get(name)
+        if partitions is None or not count or count == partitions:
+            continue
+        if name == model_updates:
             raise TopicLayoutError(
-                f"topic {description['topic']!r} has {count} partitions but "
-                f"NEGSTREAM_PARTITIONS={partitions}; co-partitioned topics must match"
+                f"topic {name!r} has {count} partitions; model updates are read in order "
+                "from exactly one"
             )
+        raise TopicLayoutError(
+            f"topic {name!r} has {count} partitions but NEGSTREAM_PARTITIONS={partitions}; "
+            "co-partitioned topics must match"
+        )

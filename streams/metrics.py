@@ -216,6 +216,72 @@ EVENT_LOOP_LAG = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+# --- the shared model: ``negstream trainer`` publishes updates to model-updates, workers with
+# NEGSTREAM_MODEL_SOURCE=remote apply them (agents/trainer_service.py, agents/model_follower.py).
+MODEL_UPDATE_KINDS = ("snapshot", "delta")
+MODEL_UPDATES_PUBLISHED = Counter(
+    "negstream_model_updates_published_total",
+    "Model updates the trainer published (every chunk acknowledged), by kind.",
+    ["kind"],
+)
+MODEL_UPDATE_BYTES = Counter(
+    "negstream_model_update_bytes_total",
+    "Bytes of the chunks of the model updates the trainer published, by kind.",
+    ["kind"],
+)
+MODEL_UPDATE_PUBLISH_SECONDS = Histogram(
+    "negstream_model_update_publish_seconds",
+    "Time from handing a model update's chunks to the producer until the broker acknowledged "
+    "the last one, by kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+TRAIN_DUPLICATES = Counter(
+    "negstream_train_duplicates_total",
+    "Training examples skipped because an example of the same id was read already (a copy "
+    "published again).",
+)
+TRAINER_LAG = Gauge(
+    "negstream_trainer_lag_records",
+    "Records of training-examples the trainer has not read yet, over all its partitions.",
+)
+MODEL_UPDATES_APPLIED = Counter(
+    "negstream_model_updates_applied_total",
+    "Model updates this worker's scoring replica applied, by kind.",
+    ["kind"],
+)
+MODEL_UPDATES_REFUSED = Counter(
+    "negstream_model_updates_refused_total",
+    "Model updates (or chunks) this worker's replica did not apply, by reason: gap (a delta "
+    "whose predecessor it lacks), stale (older than the model held), invalid (another model "
+    "config, arrays that do not fit), chunk (a malformed or out-of-place chunk), incomplete "
+    "(an update cut off by the start of the next one).",
+    ["reason"],
+)
+MODEL_REFUSAL_REASONS = ("gap", "stale", "invalid", "chunk", "incomplete")
+MODEL_APPLY_SECONDS = Histogram(
+    "negstream_model_apply_seconds",
+    "Time to put one model update together from its chunks and apply it to the scoring "
+    "replica (off the event loop), by kind.",
+    ["kind"],
+    buckets=(*BATCH_BUCKETS, 5.0, 10.0),
+)
+MODEL_AGE = Gauge(
+    "negstream_model_age_seconds",
+    "Seconds since the scoring model's newest applied update was taken off the trainer's "
+    "model (remote model source; counted from the process start until the first one; 0 on "
+    "a worker that trains its own model).",
+)
+MODEL_MAX_AGE = Gauge(
+    "negstream_model_max_age_seconds",
+    "NEGSTREAM_MODEL_MAX_AGE_S: the model age above which NegstreamModelStale fires.",
+)
+MODEL_REMOTE = Gauge(
+    "negstream_model_remote",
+    "1 when this worker scores with the trainer's shared model (NEGSTREAM_MODEL_SOURCE=remote), "
+    "0 when it trains its own.",
+)
+
 
 def _start_at_zero() -> None:
     # A labelled series exists only once its labels are used: without this, a panel of
@@ -237,6 +303,12 @@ def _start_at_zero() -> None:
         FEEDBACK_TO_SCORE.labels(path)
     for generation in GC_GENERATIONS:
         GC_PAUSE.labels(generation)
+    for kind in MODEL_UPDATE_KINDS:
+        MODEL_UPDATES_PUBLISHED.labels(kind)
+        MODEL_UPDATE_BYTES.labels(kind)
+        MODEL_UPDATES_APPLIED.labels(kind)
+    for reason in MODEL_REFUSAL_REASONS:
+        MODEL_UPDATES_REFUSED.labels(reason)
 
 
 _start_at_zero()

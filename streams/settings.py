@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PREFIX = "NEGSTREAM_"
+#: Values of ``model_source``.
+MODEL_SOURCES = ("local", "remote")
 
 
 class SettingsError(ValueError):
@@ -43,6 +45,9 @@ class Settings:
     """NEGSTREAM_TOPIC_DRIFT: drift reports."""
     topic_dead_letters: str = "dead-letters"
     """NEGSTREAM_TOPIC_DEAD_LETTERS: rejected input with its reason."""
+    topic_model_updates: str = "model-updates"
+    """NEGSTREAM_TOPIC_MODEL_UPDATES: the trainer's model snapshots and deltas, in chunks (one
+    partition)."""
     partitions: int = 4
     """NEGSTREAM_PARTITIONS: partitions of every topic (inputs must be co-partitioned)."""
     replication_factor: int = 1
@@ -108,6 +113,19 @@ class Settings:
     """NEGSTREAM_CHECKPOINT_EVERY_BATCHES: checkpoint after this many training batches."""
     checkpoint_every_s: float = 60.0
     """NEGSTREAM_CHECKPOINT_EVERY_S: or after this many seconds, whichever comes first."""
+    model_source: str = "local"
+    """NEGSTREAM_MODEL_SOURCE: ``local``, each worker trains its own model on its partitions'
+    examples; ``remote``, workers learn nothing and score with the model that ``negstream
+    trainer`` publishes to the model-updates topic."""
+    model_sync_s: float = 2.0
+    """NEGSTREAM_MODEL_SYNC_S: seconds between two model updates the trainer publishes (one is
+    published even when nothing was learned: the workers' model age stays honest)."""
+    model_snapshot_every: int = 300
+    """NEGSTREAM_MODEL_SNAPSHOT_EVERY: every this many updates one is a full snapshot (the
+    first after the trainer starts always is); the others are deltas."""
+    model_max_age_s: float = 60.0
+    """NEGSTREAM_MODEL_MAX_AGE_S: a remote-model worker whose model was taken longer ago than
+    this logs it, and the NegstreamModelStale alert fires (``negstream_model_max_age_seconds``)."""
     drift_interval_s: float = 30.0
     """NEGSTREAM_DRIFT_INTERVAL_S: period of drift reports."""
     metrics_host: str = "127.0.0.1"
@@ -168,7 +186,7 @@ class Settings:
         positive = (
             "partitions", "batch_size", "window_short_s", "window_long_s", "window_step_s",
             "label_window_s", "train_batch_size", "drift_interval_s", "max_payload_bytes",
-            "fetch_max_wait_ms",
+            "fetch_max_wait_ms", "model_sync_s", "model_snapshot_every", "model_max_age_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -179,6 +197,16 @@ class Settings:
             raise SettingsError(f"{PREFIX}OUTPUT_LINGER_MS must be >= 0")
         if self.window_long_s < self.window_short_s:
             raise SettingsError("NEGSTREAM_WINDOW_LONG_S must be >= NEGSTREAM_WINDOW_SHORT_S")
+        if self.model_source not in MODEL_SOURCES:
+            raise SettingsError(
+                f"{PREFIX}MODEL_SOURCE={self.model_source!r} must be one of "
+                f"{', '.join(MODEL_SOURCES)}"
+            )
+        if self.model_max_age_s <= self.model_sync_s:
+            raise SettingsError(
+                f"{PREFIX}MODEL_MAX_AGE_S ({self.model_max_age_s}) must be more than "
+                f"{PREFIX}MODEL_SYNC_S ({self.model_sync_s}): a model that age is normal"
+            )
         if self.device not in {"auto", "cpu", "cuda"} and not self.device.startswith("cuda:"):
             raise SettingsError("NEGSTREAM_DEVICE must be auto, cpu, cuda or cuda:N")
         problem = broker_url_problem(self.broker_url)
@@ -201,6 +229,16 @@ class Settings:
     def checkpoint_dir(self) -> str:
         """Directory of model checkpoints."""
         return f"{self.data_dir}/checkpoints"
+
+    @property
+    def trainer_checkpoint_dir(self) -> str:
+        """Directory of the trainer's checkpoints (``negstream trainer``)."""
+        return f"{self.data_dir}/trainer-checkpoints"
+
+    @property
+    def trainer_group(self) -> str:
+        """Consumer group of the trainer, under which it commits what its checkpoints cover."""
+        return f"{self.app_id}-trainer"
 
 
 def broker_url_problem(url: str) -> str | None:

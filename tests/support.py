@@ -58,32 +58,43 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """``python -m negstream worker`` as a child process with ``settings``."""
+    """``python -m negstream worker`` (or another serving ``command``, e.g. ``trainer``) as a
+    child process with ``settings``."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
         self.settings = settings
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
+        return self.launch().wait_up(timeout)
+
+    def launch(self) -> WorkerProcess:
+        """Start the process without waiting for it (see :meth:`wait_up`)."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "negstream", "worker"],
+                [sys.executable, "-m", "negstream", self.command],
                 env=settings_env(self.settings),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent,  # a worker never outlives its test run
             )
+        return self
+
+    def wait_up(self, timeout: float = 90.0) -> WorkerProcess:
+        """Wait until the launched process serves /metrics."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited early:\n{self.log()[-3000:]}")
+                raise AssertionError(f"{self.command} exited early:\n{self.log()[-3000:]}")
             try:
                 wait_for_port(self.settings.metrics_host, self.settings.metrics_port, 0.5)
                 return self
             except Exception:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"worker not up:\n{self.log()[-3000:]}") from None
+                    raise AssertionError(f"{self.command} not up:\n{self.log()[-3000:]}") from None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

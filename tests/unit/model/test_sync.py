@@ -6,6 +6,7 @@ import dataclasses
 import random
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -393,3 +394,22 @@ def test_touched_rows_are_the_distinct_rows_marked() -> None:
     touched.restart()
     assert touched.lineage != lineage
     assert touched.take(version=601) == (None, {})
+
+
+def test_an_update_carries_when_it_was_taken(make_toy_stream: Stream) -> None:
+    config = CONFIGS["default"]
+    trainer, replica = _trainer(config), ModelReplica(config)
+    trainer.learn_many(_batches(make_toy_stream, 1)[0])
+    before = time.time()
+    update = take_update(trainer, full=True)
+    assert before <= update.created <= time.time()
+    received = _wire(update)
+    assert received.created == update.created
+    assert replica.created is None and replica.apply(received)
+    assert replica.created == update.created
+    # Not known (0): left out of the wire form, and read back as 0.
+    unknown = dataclasses.replace(update, created=0.0)
+    assert _wire(unknown).created == 0.0
+    assert len(encode_update(unknown, 10**8)[0]) < len(encode_update(update, 10**8)[0])
+    with pytest.raises(ValueError, match="creation time"):
+        encode_update(dataclasses.replace(update, created=float("nan")))

@@ -11,7 +11,7 @@ import pytest
 from negstream.cli import build_parser, main
 from streams.settings import Settings, SettingsError
 
-SUBCOMMANDS = ("worker", "demo", "broker", "simulate", "replay", "schema", "validate")
+SUBCOMMANDS = ("worker", "trainer", "demo", "broker", "simulate", "replay", "schema", "validate")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,212 @@
+"""The scoring model of a worker with ``NEGSTREAM_MODEL_SOURCE=remote``: a replica of the
+trainer's model, kept current from ``model-updates``.
+
+A task reads the topic from the newest complete snapshot on (:mod:`agents.model_topic`) and
+hands the chunks to the model thread, which puts updates together and applies them to a
+:class:`model.sync.ModelReplica`; rescoring runs on the same thread, so a score never sees
+half an update and the event loop never holds a 130 MB snapshot. While the trainer is down
+the replica keeps the model it has, and rescoring goes on with it; refused updates (a gap,
+another lineage's delta, a corrupt chunk) are counted and wait for the next snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from agents.model_topic import reading_start, updates_consumer
+from model import CandidateBatch, ModelConfig, ModelReplica, ModelUpdate, UpdateAssembler
+from streams import metrics
+from streams.retry import Backoff
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks of the model's age (a stale model is logged once per outage).
+AGE_CHECK_S = 5.0
+
+
+class ModelFollower:
+    """Follows model-updates; scores with the newest model it applied (see the module).
+
+    Parameters
+    ----------
+    settings
+        The worker's settings (topic, broker, ``model_max_age_s``).
+    config
+        The trainer's model config (:func:`agents.trainer.model_config`); only its device
+        may differ.
+    """
+
+    def __init__(self, settings: Settings, config: ModelConfig) -> None:
+        self.settings = settings
+        self._config = config
+        self.replica = ModelReplica(config)
+        self.assembler = UpdateAssembler()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="negstream-model")
+        self.topic = settings.topic("model_updates")
+        #: Next offset of model-updates to read; None until the reading start is found.
+        self.position: int | None = None
+        self.started = time.time()
+        self.stale = False
+        #: Chunks the assembler dropped so far (their update's end never came).
+        self._dropped = 0
+
+    # --- what rescoring asks (agents.rescorer.Scorer) -------------------------------------
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def ready(self) -> bool:
+        """Whether a snapshot has been applied."""
+        return self.replica.version is not None
+
+    @property
+    def version(self) -> int | None:
+        """Version of the model held; None before the first snapshot."""
+        return self.replica.version
+
+    def score(self, batch: CandidateBatch) -> tuple[list[float], int]:
+        """p_negative of each candidate and the model version (on :attr:`executor`, where
+        updates are applied too: the two always agree)."""
+        version = self.replica.version
+        if version is None:
+            raise RuntimeError("no model received yet")
+        return self.replica.p_negative(batch).tolist(), version
+
+    async def predict(self, examples: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+        """The replica's predictions for ``examples`` (rows x heads), off the event loop;
+        None before the first snapshot."""
+        if not self.ready or not examples:
+            return None
+        loop = asyncio.get_running_loop()
+        predictions: np.ndarray = await loop.run_in_executor(
+            self.executor, self.replica.predict_many, examples
+        )
+        return predictions
+
+    def age(self) -> float:
+        """Seconds since the update the model is at was taken (since the start before one)."""
+        created = self.replica.created or self.started
+        return max(0.0, time.time() - created)
+
+    # --- following the topic ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow model-updates for ever; a failed client is replaced, reading on from the
+        next offset not yet applied."""
+        backoff = Backoff()
+        watch = asyncio.create_task(self._watch_age(), name="model-age")
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._follow()
+                except KafkaError as error:
+                    if time.monotonic() - started > 60:
+                        backoff.reset()
+                    delay = backoff.next_delay()
+                    log.warning("model updates: reader restarts in %.1f s (%s)", delay, error)
+                    await asyncio.sleep(delay)
+        finally:
+            watch.cancel()
+
+    async def _follow(self) -> None:
+        consumer = updates_consumer(self.settings, "model-follower")
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, 0)
+            consumer.assign([tp])
+            if self.position is None:
+                start, end = await reading_start(consumer, tp)
+                self.position = start
+                log.info(
+                    "model updates: %s has %d records; reading from offset %d (newest "
+                    "complete snapshot)", self.topic, end, start,
+                )  # fmt: skip
+            consumer.seek(tp, self.position)
+            loop = asyncio.get_running_loop()
+            while True:
+                fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=16)
+                records = fetched.get(tp, [])
+                if not records:
+                    continue
+                chunks = [record.value or b"" for record in records]
+                await loop.run_in_executor(self.executor, self._take, chunks)
+                self.position = records[-1].offset + 1
+        finally:
+            await consumer.stop()
+
+    def _take(self, chunks: list[bytes]) -> None:
+        """Assemble ``chunks`` and apply each update they complete (model thread)."""
+        for chunk in chunks:
+            started = time.perf_counter()
+            try:
+                update = self.assembler.add(chunk)
+            except ValueError as error:
+                metrics.MODEL_UPDATES_REFUSED.labels("chunk").inc()
+                log.warning("model updates: chunk refused (%s)", error)
+                update = None
+            if self.assembler.dropped != self._dropped:
+                metrics.MODEL_UPDATES_REFUSED.labels("incomplete").inc(
+                    self.assembler.dropped - self._dropped
+                )
+                self._dropped = self.assembler.dropped
+            if update is not None:
+                self._apply(update, started)
+
+    def _apply(self, update: ModelUpdate, started: float) -> None:
+        """Apply a complete update; ``started`` is when its last chunk came in."""
+        replica = self.replica
+        gaps = replica.refused_gaps
+        try:
+            applied = replica.apply(update)
+        except ValueError as error:
+            metrics.MODEL_UPDATES_REFUSED.labels("invalid").inc()
+            log.error("model updates: version %d refused (%s)", update.version, error)
+            return
+        if not applied:
+            reason = "gap" if replica.refused_gaps > gaps else "stale"
+            metrics.MODEL_UPDATES_REFUSED.labels(reason).inc()
+            log.debug("model updates: %s %d refused (%s)", update.kind, update.version, reason)
+            return
+        metrics.MODEL_UPDATES_APPLIED.labels(update.kind).inc()
+        metrics.MODEL_APPLY_SECONDS.labels(update.kind).observe(time.perf_counter() - started)
+        metrics.MODEL_VERSION.set(update.version)
+        if update.kind == "snapshot":
+            log.info(
+                "model updates: snapshot of version %d applied (lineage %x)",
+                update.version, update.lineage,
+            )  # fmt: skip
+
+    async def _watch_age(self) -> None:
+        """Log once when the model gets older than ``model_max_age_s``, and when it is
+        current again."""
+        limit = self.settings.model_max_age_s
+        while True:
+            await asyncio.sleep(AGE_CHECK_S)
+            age = self.age()
+            if age > limit and not self.stale:
+                self.stale = True
+                log.warning(
+                    "the scoring model is %.0f s old (NEGSTREAM_MODEL_MAX_AGE_S=%g): no update "
+                    "from the trainer; scoring goes on with version %s",
+                    age, limit, self.replica.version,
+                )  # fmt: skip
+            elif age <= limit and self.stale:
+                self.stale = False
+                log.info("the scoring model is current again (version %s)", self.replica.version)
+
+    def close(self) -> None:
+        """Stop the model thread (what it runs finishes)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)

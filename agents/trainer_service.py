@@ -1,0 +1,362 @@
+"""The shared trainer (``negstream trainer``): one model learned from every partition of
+``training-examples``, streamed to the scoring workers as updates on ``model-updates``.
+
+Reading. A plain consumer assigned every partition of training-examples (no group
+membership: nothing to rebalance), in the group ``<app_id>-trainer`` only to commit offsets
+for lag tools. Where to resume is the checkpoint's business: a checkpoint holds the model,
+its optimisers and, per partition, the last offset its state covers, and the trainer seeks
+to the next ones at start (the log's start without a checkpoint). It commits only what a
+checkpoint covers. An example copy published again by a worker (at-least-once) is dropped
+by its ``example_id``; the newest ids go into each checkpoint. So after a kill and a
+restart every example is in the model once: what the lost state had learned since the
+checkpoint is learned again, by the checkpoint's state.
+
+Learning. Test-then-train batches (as a worker's :class:`agents.trainer.Trainer` does) on one
+model thread, never the event loop; the model marks the rows each batch writes
+(:class:`model.touched.TouchedRows`).
+
+Publishing. Every ``model_sync_s`` the model thread takes an update
+(:func:`model.sync.take_update`; the thread stops learning only for that copy), another
+thread cuts it into chunks, and the event loop writes them (:mod:`agents.model_topic`
+explains the keys that let a reader skip to the newest snapshot). The first update after a
+start is a full snapshot of a new lineage, then every ``model_snapshot_every``-th; the others
+are deltas. An update is published even when nothing was learned, so the replicas' model
+age says whether the trainer is alive. While the broker is away the same update is sent
+again until it is taken; learning goes on, and the next delta carries everything since.
+
+Scaling beyond one process. The partitions read are a constructor argument: a data-parallel
+trainer (``torch.distributed``, not built) would give rank ``r`` of ``w`` the partitions
+``p % w == r``, each rank checkpointing its own offsets, gradients all-reduced, and rank 0
+alone publishing updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+from agents.model_topic import UpdatePublisher
+from agents.trainer import CHECKPOINTED_IDS, fresh_examples, model_config
+from model import (
+    CheckpointStore,
+    ExampleBatch,
+    ModelUpdate,
+    OnlineModel,
+    TouchedRows,
+    encode_update,
+)
+from model.monitor.prequential import Prequential
+from model.sync import take_update
+from streams import metrics
+from streams.app import broker_credentials
+from streams.output import OutputProducer
+from streams.retry import Backoff
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Longest one fetch waits for examples when none are there (checkpoint checks run between).
+IDLE_FETCH_S = 1.0
+
+#: ``(partition, offset, value)`` of one training-examples record.
+Record = tuple[int, int, bytes | None]
+
+
+def shared_partitions(partitions: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The partitions of training-examples trainer ``rank`` of ``world`` reads.
+
+    Examples
+    --------
+    >>> shared_partitions(4), shared_partitions(8, rank=1, world=3)
+    ([0, 1, 2, 3], [1, 4, 7])
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not one of {world}")
+    return [partition for partition in range(partitions) if partition % world == rank]
+
+
+class TrainerService:
+    """Learns from ``partitions`` of training-examples and publishes the model's updates.
+
+    Call :meth:`run` in an event loop; :meth:`stop` ends it with a checkpoint.
+    """
+
+    def __init__(self, settings: Settings, partitions: Sequence[int] | None = None) -> None:
+        self.settings = settings
+        torch.set_num_threads(max(1, settings.torch_threads))
+        self.model = OnlineModel(model_config(settings), changes=TouchedRows())
+        self.store = CheckpointStore(settings.trainer_checkpoint_dir)
+        self.topic = settings.topic("examples")
+        self.partitions = list(
+            shared_partitions(settings.partitions) if partitions is None else partitions
+        )
+        #: Per partition, the last offset learned (or skipped) from.
+        self.offsets: dict[int, int] = {}
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self._resume()
+        self.prequential = Prequential(self.model)
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="negstream-trainer")
+        self.encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="negstream-encoder")
+        self.outputs = OutputProducer(settings, "model-updates")
+        self.publisher = UpdatePublisher(settings, self.outputs)
+        self.updates_taken = 0
+        self.batches_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        self._stopping: asyncio.Event | None = None
+        metrics.MODEL_VERSION.set(self.model.version)
+
+    def _resume(self) -> None:
+        state = self.store.load_latest()
+        if state is None:
+            return
+        try:
+            # Restarts the model's lineage: the first update is a full snapshot.
+            self.model.load_state_dict(state["model"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            log.warning("trainer checkpoint ignored (%s); the model starts fresh", error)
+            self.model = OnlineModel(self.model.config, changes=TouchedRows())
+            return
+        self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        self.seen = OrderedDict.fromkeys(state.get("seen_examples", []))
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to checkpoint and return (call on the event loop's thread)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self) -> None:
+        """Learn and publish until :meth:`stop`; then checkpoint and close the clients.
+
+        A failure of learning or publishing ends it without a checkpoint (a restart resumes
+        from the last one) and is raised.
+        """
+        self._stopping = asyncio.Event()
+        consumer = self._consumer()
+        await consumer.start()
+        failed = True
+        try:
+            await self.publisher.start()
+            await self._seek(consumer)
+            log.info(
+                "negstream trainer: %d partitions of %s from offsets %s, model version %d on "
+                "%s; an update to %s every %gs, a snapshot every %d",
+                len(self.partitions), self.topic, self._resume_offsets(), self.model.version,
+                self.model.device, self.publisher.topic, self.settings.model_sync_s,
+                self.settings.model_snapshot_every,
+            )  # fmt: skip
+            # The first update, taken before any learning: the state the trainer resumed.
+            loop = asyncio.get_running_loop()
+            first = await loop.run_in_executor(self.model_thread, self._take)
+            learning = asyncio.create_task(self._learn_loop(consumer), name="trainer-learn")
+            publishing = asyncio.create_task(self._publish_loop(first), name="trainer-publish")
+            stopping = asyncio.create_task(self._stopping.wait(), name="trainer-stop")
+            done, _ = await asyncio.wait(
+                {learning, publishing, stopping}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in (learning, publishing, stopping):
+                task.cancel()
+            await asyncio.gather(learning, publishing, stopping, return_exceptions=True)
+            for finished in done - {stopping}:
+                error = None if finished.cancelled() else finished.exception()
+                if error is not None:
+                    raise error
+            failed = False
+            # Queued behind any learning still running on the model thread.
+            await self._checkpoint(consumer)
+        finally:
+            if failed:
+                log.error("the trainer stops without a checkpoint; it resumes from the last one")
+            await self.outputs.stop()
+            await consumer.stop()
+            self.encoder_thread.shutdown(wait=False, cancel_futures=True)
+            self.model_thread.shutdown(wait=True)
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        settings = self.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.app_id}-trainer",
+            group_id=settings.trainer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            max_poll_records=settings.train_batch_size,
+            **credentials_to_aiokafka_auth(broker_credentials(settings)),
+        )
+
+    async def _seek(self, consumer: AIOKafkaConsumer) -> None:
+        """Assign the partitions; each resumes after the offset its checkpoint covers."""
+        tps = [TopicPartition(self.topic, partition) for partition in self.partitions]
+        consumer.assign(tps)
+        for tp in tps:
+            if tp.partition in self.offsets:
+                consumer.seek(tp, self.offsets[tp.partition] + 1)
+            else:
+                await consumer.seek_to_beginning(tp)
+
+    def _resume_offsets(self) -> dict[int, int]:
+        return {p: self.offsets[p] + 1 if p in self.offsets else 0 for p in self.partitions}
+
+    # --- learning ------------------------------------------------------------------------
+
+    async def _learn_loop(self, consumer: AIOKafkaConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        while True:
+            records = await self._fetch(consumer)
+            if records:
+                started = time.perf_counter()
+                learned = await loop.run_in_executor(self.model_thread, self._learn, records)
+                if learned:
+                    self._observe(learned, time.perf_counter() - started)
+                    self.batches_since_checkpoint += 1
+            self._report_lag(consumer)
+            due = time.monotonic() - self.last_checkpoint >= settings.checkpoint_every_s
+            if self.batches_since_checkpoint and (
+                due or self.batches_since_checkpoint >= settings.checkpoint_every_batches
+            ):
+                await self._checkpoint(consumer)
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> list[Record]:
+        """Up to ``train_batch_size`` records, waiting at most ``train_max_wait_s`` for more
+        once the first arrived (and at most :data:`IDLE_FETCH_S` for a first)."""
+        size = self.settings.train_batch_size
+        records: list[Record] = []
+        backoff = Backoff()
+        deadline: float | None = None
+        while len(records) < size:
+            wait = IDLE_FETCH_S if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=int(wait * 1000), max_records=size - len(records)
+                )
+            except KafkaError as error:
+                delay = backoff.next_delay()
+                log.warning("trainer fetch failed (%s); again in %.1f s", error, delay)
+                await asyncio.sleep(delay)
+                continue
+            for tp, batch in fetched.items():
+                records += [(tp.partition, record.offset, record.value) for record in batch]
+            if deadline is None:
+                if not records:
+                    return records
+                deadline = time.monotonic() + self.settings.train_max_wait_s
+            if time.monotonic() >= deadline:
+                break
+        return records
+
+    def _learn(self, records: list[Record]) -> int:
+        """Test-then-train on the records' new examples (model thread); how many learned."""
+        for partition, offset, _ in records:
+            self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
+        examples = fresh_examples(((offset, value) for _, offset, value in records), self.seen)
+        if not examples:
+            return 0
+        try:
+            batch = ExampleBatch.from_examples(examples, self.model.config)
+        except (KeyError, TypeError, ValueError):
+            batch = self._valid_only(examples)
+        if len(batch):
+            self.prequential.update(batch)
+        return len(batch)
+
+    def _valid_only(self, examples: list[dict[str, Any]]) -> ExampleBatch:
+        """The batch of the examples that make one on their own; the others are logged."""
+        valid = []
+        for example in examples:
+            try:
+                ExampleBatch.from_examples([example], self.model.config)
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("skipping training example %r: %s", example.get("example_id"), error)
+                continue
+            valid.append(example)
+        return ExampleBatch.from_examples(valid, self.model.config)
+
+    def _observe(self, learned: int, elapsed: float) -> None:
+        metrics.TRAIN_BATCH_SECONDS.observe(elapsed)
+        metrics.TRAIN_EXAMPLES.inc(learned)
+        metrics.TRAIN_EXAMPLES_PER_SECOND.set(learned / max(elapsed, 1e-9))
+        metrics.MODEL_VERSION.set(self.model.version)
+        for name, value in self.prequential.get().items():
+            head, metric = name.split("/")
+            if np.isfinite(value):
+                metrics.PREQUENTIAL.labels(head, metric).set(value)
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for partition in self.partitions:
+            end = consumer.highwater(TopicPartition(self.topic, partition))
+            if end is not None:
+                lag += max(0, end - self.offsets.get(partition, -1) - 1)
+        metrics.TRAINER_LAG.set(lag)
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    async def _checkpoint(self, consumer: AIOKafkaConsumer) -> None:
+        """Checkpoint on the model thread (even when the wait for it is cancelled), then
+        commit the offsets it covers."""
+        loop = asyncio.get_running_loop()
+        covered = await asyncio.shield(loop.run_in_executor(self.model_thread, self._save))
+        self.batches_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+        if not covered:
+            return
+        try:
+            await consumer.commit(
+                {TopicPartition(self.topic, p): offset + 1 for p, offset in covered.items()}
+            )
+        except KafkaError as error:  # lag tools only: the checkpoint holds the offsets
+            log.warning("trainer offsets not committed (%s); the checkpoint has them", error)
+
+    def _save(self) -> dict[int, int]:
+        """Write model, optimisers, offsets and recent example ids (model thread)."""
+        started = time.perf_counter()
+        offsets = dict(self.offsets)
+        self.store.save(
+            {
+                "model": self.model.state_dict(),
+                "offsets": offsets,
+                "seen_examples": list(self.seen)[-CHECKPOINTED_IDS:],
+            }
+        )
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        metrics.CHECKPOINT_TIMESTAMP.set(time.time())
+        return offsets
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def _take(self) -> ModelUpdate:
+        """The next update: a full snapshot first and every ``model_snapshot_every``-th, else
+        a delta (model thread)."""
+        full = self.updates_taken % self.settings.model_snapshot_every == 0
+        update = take_update(self.model, full)
+        self.updates_taken += 1
+        return update
+
+    async def _publish_loop(self, first: ModelUpdate) -> None:
+        loop = asyncio.get_running_loop()
+        update: ModelUpdate | None = first
+        while True:
+            started = time.monotonic()
+            if update is None:
+                update = await loop.run_in_executor(self.model_thread, self._take)
+            chunks = await loop.run_in_executor(self.encoder_thread, encode_update, update)
+            await self.publisher.publish(update, chunks)
+            if update.kind == "snapshot":
+                log.info(
+                    "published snapshot of version %d: %d chunks, %.1f MB",
+                    update.version, len(chunks), sum(map(len, chunks)) / 1e6,
+                )  # fmt: skip
+            update = None
+            await asyncio.sleep(max(0.0, self.settings.model_sync_s - (time.monotonic() - started)))
