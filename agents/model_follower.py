@@ -7,6 +7,11 @@ hands the chunks to the model thread, which puts updates together and applies th
 half an update and the event loop never holds a 130 MB snapshot. While the trainer is down
 the replica keeps the model it has, and rescoring goes on with it; refused updates (a gap,
 another lineage's delta, a corrupt chunk) are counted and wait for the next snapshot.
+
+The examples the worker reads wait in :class:`agents.unlearned.UnlearnedExamples` until an
+applied update's model has learned them (each update names the offsets its model learned);
+then their users are queued for rescoring, so the scores that follow come from a model
+that learned the example.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +28,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from agents.model_topic import reading_start, updates_consumer
+from agents.unlearned import Learned, UnlearnedExamples
 from model import CandidateBatch, ModelConfig, ModelReplica, ModelUpdate, UpdateAssembler
 from streams import metrics
 from streams.retry import Backoff
@@ -59,6 +65,9 @@ class ModelFollower:
         self.stale = False
         #: Chunks the assembler dropped so far (their update's end never came).
         self._dropped = 0
+        #: Examples read that no applied update has learned (read on the event loop only).
+        self.unlearned = UnlearnedExamples()
+        self._unlearned_dropped = 0
 
     # --- what rescoring asks (agents.rescorer.Scorer) -------------------------------------
 
@@ -100,18 +109,37 @@ class ModelFollower:
         created = self.replica.created or self.started
         return max(0.0, time.time() - created)
 
+    # --- which examples the model held has learned -------------------------------------------
+
+    def example_read(
+        self, partition: int, offset: int, user_id: str, example_id: str
+    ) -> list[Learned]:
+        """Note an example read from training-examples (event loop); returns it at once when
+        the model held has learned it already, else it waits for an update that does."""
+        learned = self.unlearned.add(partition, offset, user_id, example_id)
+        self._count_dropped()
+        return learned
+
+    def _count_dropped(self) -> None:
+        dropped = self.unlearned.dropped - self._unlearned_dropped
+        if dropped:
+            metrics.UNLEARNED_DROPPED.inc(dropped)
+            self._unlearned_dropped = self.unlearned.dropped
+
     # --- following the topic ----------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, on_learned: Callable[[list[Learned]], None]) -> None:
         """Follow model-updates for ever; a failed client is replaced, reading on from the
-        next offset not yet applied."""
+        next offset not yet applied. After each applied update, ``on_learned`` gets the
+        ``(user_id, example_id)`` of the examples read that its model learned (on the event
+        loop)."""
         backoff = Backoff()
         watch = asyncio.create_task(self._watch_age(), name="model-age")
         try:
             while True:
                 started = time.monotonic()
                 try:
-                    await self._follow()
+                    await self._follow(on_learned)
                 except KafkaError as error:
                     if time.monotonic() - started > 60:
                         backoff.reset()
@@ -121,7 +149,7 @@ class ModelFollower:
         finally:
             watch.cancel()
 
-    async def _follow(self) -> None:
+    async def _follow(self, on_learned: Callable[[list[Learned]], None]) -> None:
         consumer = updates_consumer(self.settings, "model-follower")
         await consumer.start()
         try:
@@ -135,20 +163,34 @@ class ModelFollower:
                     "complete snapshot)", self.topic, end, start,
                 )  # fmt: skip
             consumer.seek(tp, self.position)
-            loop = asyncio.get_running_loop()
             while True:
                 fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=16)
                 records = fetched.get(tp, [])
                 if not records:
                     continue
                 chunks = [record.value or b"" for record in records]
-                await loop.run_in_executor(self.executor, self._take, chunks)
+                learned = await self.take(chunks)
                 self.position = records[-1].offset + 1
+                if learned:
+                    on_learned(learned)
         finally:
             await consumer.stop()
 
-    def _take(self, chunks: list[bytes]) -> None:
-        """Assemble ``chunks`` and apply each update they complete (model thread)."""
+    async def take(self, chunks: list[bytes]) -> list[Learned]:
+        """Apply the updates ``chunks`` complete (on the model thread); returns ``(user_id,
+        example_id)`` of the examples read that an applied update's model learned."""
+        loop = asyncio.get_running_loop()
+        applied = await loop.run_in_executor(self.executor, self._take, chunks)
+        learned: list[Learned] = []
+        for offsets in applied:
+            # An update of a trainer that does not name its offsets covers all read.
+            learned += self.unlearned.learn(offsets or None)
+        return learned
+
+    def _take(self, chunks: list[bytes]) -> list[Mapping[int, int]]:
+        """Assemble ``chunks`` and apply each update they complete (model thread); returns
+        the learned offsets of each applied (:attr:`ModelUpdate.learned`)."""
+        applied: list[Mapping[int, int]] = []
         for chunk in chunks:
             started = time.perf_counter()
             try:
@@ -162,11 +204,13 @@ class ModelFollower:
                     self.assembler.dropped - self._dropped
                 )
                 self._dropped = self.assembler.dropped
-            if update is not None:
-                self._apply(update, started)
+            if update is not None and self._apply(update, started):
+                applied.append(update.learned)
+        return applied
 
-    def _apply(self, update: ModelUpdate, started: float) -> None:
-        """Apply a complete update; ``started`` is when its last chunk came in."""
+    def _apply(self, update: ModelUpdate, started: float) -> bool:
+        """Apply a complete update; ``started`` is when its last chunk came in. Whether it
+        was applied."""
         replica = self.replica
         gaps = replica.refused_gaps
         try:
@@ -174,12 +218,12 @@ class ModelFollower:
         except ValueError as error:
             metrics.MODEL_UPDATES_REFUSED.labels("invalid").inc()
             log.error("model updates: version %d refused (%s)", update.version, error)
-            return
+            return False
         if not applied:
             reason = "gap" if replica.refused_gaps > gaps else "stale"
             metrics.MODEL_UPDATES_REFUSED.labels(reason).inc()
             log.debug("model updates: %s %d refused (%s)", update.kind, update.version, reason)
-            return
+            return False
         metrics.MODEL_UPDATES_APPLIED.labels(update.kind).inc()
         metrics.MODEL_APPLY_SECONDS.labels(update.kind).observe(time.perf_counter() - started)
         metrics.MODEL_VERSION.set(update.version)
@@ -188,6 +232,7 @@ class ModelFollower:
                 "model updates: snapshot of version %d applied (lineage %x)",
                 update.version, update.lineage,
             )  # fmt: skip
+        return True
 
     async def _watch_age(self) -> None:
         """Log once when the model gets older than ``model_max_age_s``, and when it is

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -131,9 +132,13 @@ class Rescorer:
 
     def learned(self, examples: list[dict[str, Any]]) -> None:
         """Queue the users of learned examples (their scores changed with the model)."""
-        for example in examples:
-            user = self.encoder.pseudonym.real_id(example["user_id"])
-            self.request_refresh(user, example["example_id"], None)
+        self.learned_users([(example["user_id"], example["example_id"]) for example in examples])
+
+    def learned_users(self, learned: Iterable[tuple[str, str]]) -> None:
+        """Queue the users of learned examples, given as ``(user_id, example_id)`` with the
+        user id as the example carries it."""
+        for user_id, example_id in learned:
+            self.request_refresh(self.encoder.pseudonym.real_id(user_id), example_id, None)
 
     def request_refresh(self, user_id: str, trigger_id: str, produced_ms: int | None) -> None:
         """Queue ``user_id`` for rescoring because of event ``trigger_id``."""

@@ -21,7 +21,9 @@ thread cuts it into chunks, and the event loop writes them (:mod:`agents.model_t
 explains the keys that let a reader skip to the newest snapshot). The first update after a
 start is a full snapshot of a new lineage, then every ``model_snapshot_every``-th; the others
 are deltas. An update is published even when nothing was learned, so the replicas' model
-age says whether the trainer is alive. While the broker is away the same update is sent
+age says whether the trainer is alive. Each update names, per partition read, the last
+offset learned (-1: none yet), so a worker rescores an example's user once its model has
+learned the example. While the broker is away the same update is sent
 again until it is taken; learning goes on, and the next delta carries everything since.
 
 Scaling beyond one process. The partitions read are a constructor argument: a data-parallel
@@ -38,6 +40,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -338,9 +341,11 @@ class TrainerService:
 
     def _take(self) -> ModelUpdate:
         """The next update: a full snapshot first and every ``model_snapshot_every``-th, else
-        a delta (model thread)."""
+        a delta (model thread). It names the offsets learned so far, so a worker knows which
+        of its examples the update's model has learned."""
         full = self.updates_taken % self.settings.model_snapshot_every == 0
-        update = take_update(self.model, full)
+        learned = {partition: self.offsets.get(partition, -1) for partition in self.partitions}
+        update = replace(take_update(self.model, full), learned=learned)
         self.updates_taken += 1
         return update
 

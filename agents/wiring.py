@@ -119,7 +119,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
 
         @app.task  # type: ignore[untyped-decorator]
         async def model_updates() -> None:
-            await _until_failure(app, "model updates", follower.run())
+            await _until_failure(app, "model updates", follower.run(rescorer.learned_users))
 
     @app.task  # type: ignore[untyped-decorator]
     async def event_loop_lag() -> None:
@@ -258,15 +258,23 @@ async def follow_examples(
 ) -> None:
     """With a remote model the worker learns nothing: its partitions' examples feed the
     drift monitor (with the replica's predictions, made before the replica has their
-    update, mostly) and queue their users for rescoring with the newest model it holds."""
+    update, mostly) and wait in the follower until a model it applies has learned them; their
+    users are rescored then."""
     seen: OrderedDict[str, None] = OrderedDict()
     while True:
         messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
-        examples = fresh_examples(((m.offset, m.value) for m in messages), seen)
+        examples = []
+        learned = []
+        for message in messages:
+            for example in fresh_examples([(message.offset, message.value)], seen):
+                examples.append(example)
+                learned += follower.example_read(
+                    message.partition, message.offset, example["user_id"], example["example_id"]
+                )
         predictions = await follower.predict(examples)
         if predictions is not None:
             drift.observe(examples, predictions)
-        rescorer.learned(examples)
+        rescorer.learned_users(learned)
         source.ack(messages)
 
 

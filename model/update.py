@@ -11,8 +11,10 @@ the order its directory lists them. The payload is cut into chunks; every chunk 
   chunk count, offset of the chunk's bytes in the payload, payload size, directory size,
   size of the chunk's bytes and a CRC-32 of everything in the chunk but the CRC itself;
 * the directory, JSON: the config digest, ``examples_seen``, ``created`` (when the update
-  was taken, Unix seconds; left out when not known) and ``[role, name, dtype, shape]`` of
-  every array (role ``dense``, ``rows`` or ``values``);
+  was taken, Unix seconds; left out when not known), ``learned`` (per partition of the
+  training examples, the last offset the model had learned from, keys as strings; left out
+  when not known, and absent from updates written before it existed) and
+  ``[role, name, dtype, shape]`` of every array (role ``dense``, ``rows`` or ``values``);
 * the chunk's slice of the payload.
 
 Every chunk carries the whole directory, so any one of them says what it belongs to and the
@@ -26,9 +28,10 @@ Examples
 ...     dense={"bias": np.array([0.5, -1.0], dtype=np.float32)},
 ...     tables={"embeddings": TableRows(np.array([4, 9], dtype=np.int32),
 ...                                     np.ones((2, 3), dtype=np.float32))},
+...     learned={0: 41, 3: 17},
 ... )
->>> chunks = encode_update(update, max_chunk_bytes=240)
->>> len(chunks), max(len(chunk) for chunk in chunks) <= 240
+>>> chunks = encode_update(update, max_chunk_bytes=260)
+>>> len(chunks), max(len(chunk) for chunk in chunks) <= 260
 (2, True)
 >>> assembler = UpdateAssembler()
 >>> assembler.add(chunks[0]) is None
@@ -36,6 +39,8 @@ True
 >>> decoded = assembler.add(chunks[1])
 >>> decoded.kind, decoded.tables["embeddings"].rows.tolist(), decoded.dense["bias"].tolist()
 ('delta', [4, 9], [0.5, -1.0])
+>>> decoded.learned
+{0: 41, 3: 17}
 >>> decode_update([chunks[0][:-1] + b"x", chunks[1]])
 Traceback (most recent call last):
     ...
@@ -111,6 +116,10 @@ class ModelUpdate:
     created
         When the update was taken off the model (Unix seconds; 0 when not known): a replica's
         model is as old as the newest update it applied.
+    learned
+        Per partition of the training examples, the last offset the model had learned (or
+        skipped) when the update was taken: every example at or below it is in the update.
+        Empty when not known.
     """
 
     lineage: int
@@ -121,6 +130,7 @@ class ModelUpdate:
     dense: Mapping[str, Array] = field(default_factory=dict)
     tables: Mapping[str, TableRows] = field(default_factory=dict)
     created: float = 0.0
+    learned: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> Literal["snapshot", "delta"]:
@@ -169,6 +179,8 @@ def encode_update(
     meta: dict[str, Any] = {"config": update.config, "examples_seen": update.examples_seen}
     if update.created:
         meta["created"] = update.created
+    if update.learned:
+        meta["learned"] = {str(p): int(o) for p, o in sorted(update.learned.items())}
     meta["arrays"] = [
         [role, name, _wire_dtype(array), list(array.shape)] for role, name, array in arrays
     ]
@@ -286,6 +298,7 @@ def _layout(directory: bytes, total: int) -> tuple[dict[str, Any], Layout]:
             "config": str(parsed["config"]),
             "examples_seen": int(parsed["examples_seen"]),
             "created": created,
+            "learned": {int(p): int(o) for p, o in dict(parsed.get("learned", {})).items()},
         }
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as error:
         raise ValueError(f"update directory is malformed: {error}") from error
@@ -341,6 +354,7 @@ def _update(first: _Chunk, payload: bytearray) -> ModelUpdate:
         dense=dense,
         tables=tables,
         created=meta["created"],
+        learned=meta["learned"],
     )
 
 

@@ -266,6 +266,11 @@ MODEL_APPLY_SECONDS = Histogram(
     ["kind"],
     buckets=(*BATCH_BUCKETS, 5.0, 10.0),
 )
+UNLEARNED_DROPPED = Counter(
+    "negstream_unlearned_examples_dropped_total",
+    "Examples a remote-model worker stopped waiting for the model to learn (past the cap a "
+    "partition): their users are not rescored for them.",
+)
 MODEL_AGE = Gauge(
     "negstream_model_age_seconds",
     "Seconds since the scoring model's newest applied update was taken off the trainer's "

@@ -5,6 +5,7 @@ version that scored it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,38 @@ def test_rescoring_waits_for_the_first_model_and_names_its_version(tmp_path: Pat
     by_item = dict(zip(ids["item_id"], expected, strict=True))
     for score in update.scores:
         assert score.p_negative == pytest.approx(by_item[score.item_id], abs=1e-6)
+    follower.close()
+
+
+def learned_chunks(model: OnlineModel, full: bool, learned: dict[int, int]) -> list[bytes]:
+    return encode_update(dataclasses.replace(take_update(model, full=full), learned=learned), CHUNK)
+
+
+def test_users_are_handed_back_once_an_applied_model_learned_their_examples(
+    tmp_path: Path,
+) -> None:
+    config = model_config(settings(tmp_path))
+    trainer = OnlineModel(config, changes=TouchedRows())
+    follower = ModelFollower(settings(tmp_path), config)
+    read = examples(10, seed=3)
+    for offset, example in enumerate(read):
+        assert follower.example_read(0, offset, example["user_id"], example["example_id"]) == []
+    assert follower.example_read(1, 0, "u99", "other") == []
+    expected = [(e["user_id"], e["example_id"]) for e in read]
+
+    trainer.learn_many(read[:5])
+    assert asyncio.run(follower.take(learned_chunks(trainer, True, {0: 4, 1: -1}))) == expected[:5]
+    # Refused (a delta whose base the replica lacks): nothing is handed back.
+    trainer.learn_many(read[5:])
+    take_update(trainer, full=False)  # never reaches the replica
+    assert asyncio.run(follower.take(learned_chunks(trainer, False, {0: 9, 1: -1}))) == []
+    assert follower.version == 1 and len(follower.unlearned) == 6
+    # The next snapshot applies: its model learned the rest of partition 0.
+    assert asyncio.run(follower.take(learned_chunks(trainer, True, {0: 9, 1: -1}))) == expected[5:]
+    # Read after its model learned it: handed back at once.
+    assert follower.example_read(0, 8, "u1", "again") == [("u1", "again")]
+    # A trainer that names no offsets: its update covers everything read.
+    assert asyncio.run(follower.take(chunks(trainer, full=True))) == [("u99", "other")]
     follower.close()
 
 

@@ -413,3 +413,17 @@ def test_an_update_carries_when_it_was_taken(make_toy_stream: Stream) -> None:
     assert len(encode_update(unknown, 10**8)[0]) < len(encode_update(update, 10**8)[0])
     with pytest.raises(ValueError, match="creation time"):
         encode_update(dataclasses.replace(update, created=float("nan")))
+
+
+def test_an_update_names_the_offsets_its_model_learned(make_toy_stream: Stream) -> None:
+    config = CONFIGS["default"]
+    trainer = _trainer(config)
+    trainer.learn_many(_batches(make_toy_stream, 1)[0])
+    update = dataclasses.replace(take_update(trainer, full=True), learned={0: 41, 2: -1})
+    assert _wire(update).learned == {0: 41, 2: -1}
+    # Not known (empty): the directory has no such field, as before the field existed, and
+    # such a directory reads back as empty.
+    unknown = dataclasses.replace(update, learned={})
+    (chunk,) = encode_update(unknown, 10**8)
+    assert b'"learned"' not in chunk and b'"learned"' in encode_update(update, 10**8)[0]
+    assert decode_update([chunk]).learned == {}
