@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -74,6 +74,23 @@ def fresh_examples(
     return examples
 
 
+def restore(
+    store: CheckpointStore, model: OnlineModel, fresh: Callable[[], OnlineModel]
+) -> tuple[OnlineModel, dict[str, Any] | None]:
+    """``model`` with the newest checkpoint of ``store`` loaded, and that checkpoint; with
+    none, ``model`` and None. A checkpoint of another model shape (written before an
+    upgrade, say) is logged and ignored: ``fresh()`` and None."""
+    state = store.load_latest()
+    if state is None:
+        return model, None
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        log.warning("checkpoint in %s ignored (%s); the model starts fresh", store.directory, error)
+        return fresh(), None
+    return model, state
+
+
 class Trainer:
     """Owns the online model; every torch call runs on :attr:`executor`, one thread, never
     the event loop.
@@ -102,15 +119,9 @@ class Trainer:
         metrics.MODEL_VERSION.set(self.model.version)
 
     def _resume(self) -> None:
-        state = self.store.load_latest()
+        config = self.model.config
+        self.model, state = restore(self.store, self.model, lambda: OnlineModel(config))
         if state is None:
-            return
-        try:
-            self.model.load_state_dict(state["model"])
-        except (KeyError, ValueError, RuntimeError) as error:
-            # A checkpoint of another model shape (e.g. written before an upgrade).
-            log.warning("checkpoint ignored (%s); the model starts fresh", error)
-            self.model = OnlineModel(self.model.config)
             return
         self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
         self.resumed_ids = list(state.get("seen_examples", []))

@@ -50,7 +50,7 @@ from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from agents.model_topic import UpdatePublisher
-from agents.trainer import CHECKPOINTED_IDS, fresh_examples, model_config
+from agents.trainer import CHECKPOINTED_IDS, fresh_examples, model_config, restore
 from model import (
     CheckpointStore,
     ExampleBatch,
@@ -120,15 +120,12 @@ class TrainerService:
         metrics.MODEL_VERSION.set(self.model.version)
 
     def _resume(self) -> None:
-        state = self.store.load_latest()
+        # Loading restarts the model's lineage: the first update is a full snapshot.
+        config = self.model.config
+        self.model, state = restore(
+            self.store, self.model, lambda: OnlineModel(config, changes=TouchedRows())
+        )
         if state is None:
-            return
-        try:
-            # Restarts the model's lineage: the first update is a full snapshot.
-            self.model.load_state_dict(state["model"])
-        except (KeyError, ValueError, RuntimeError) as error:
-            log.warning("trainer checkpoint ignored (%s); the model starts fresh", error)
-            self.model = OnlineModel(self.model.config, changes=TouchedRows())
             return
         self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
         self.seen = OrderedDict.fromkeys(state.get("seen_examples", []))

@@ -368,6 +368,25 @@ def quiet_after(at_least: int, quiet_s: float) -> Callable[[list[Any]], bool]:
     return done
 
 
+def read_all(settings: Settings, topic: str, partitions: int, idle_ms: int = 2000) -> list[Any]:
+    """Every record of the negstream topic ``topic`` so far, partitions ``0..partitions-1``
+    (kafka-python records: partition, offset, key, value, timestamp)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                             consumer_timeout_ms=idle_ms, fetch_max_wait_ms=200,
+                             max_partition_fetch_bytes=4 * 2**20)  # fmt: skip
+    tps = [TopicPartition(settings.topic(topic), p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning()
+    ends = consumer.end_offsets(tps)
+    records: list[Any] = []
+    try:
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            records += list(consumer)
+    finally:
+        consumer.close()
+    return records
+
+
 def examples_by_id(
     settings: Settings, expected: int, timeout: float = 60.0, fetch_wait_ms: int = 500
 ) -> list[Any]:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from schemas.kinds import NEGATIVE_KINDS
 from simulator.stream import Simulator
@@ -53,7 +53,7 @@ from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.benchmarks.harness import INPUT_TOPICS, bench_settings, log, metric, percentile
-from tests.support import WorkerProcess, start_all, wait_until
+from tests.support import WorkerProcess, read_all, start_all, wait_until
 
 #: Events a second the stream is sent at.
 RATE = 1000.0
@@ -114,24 +114,6 @@ def send(settings: Settings, events: Sequence[tuple[str, bytes, dict[str, Any]]]
     finally:
         producer.close()
     return sent_at
-
-
-def read_all(settings: Settings, topic: str, partitions: int) -> list[Any]:
-    """Every record of ``topic`` so far (kafka-python records)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                             consumer_timeout_ms=2000, fetch_max_wait_ms=200,
-                             max_partition_fetch_bytes=4 * 2**20)  # fmt: skip
-    tps = [TopicPartition(settings.topic(topic), p) for p in range(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning()
-    ends = consumer.end_offsets(tps)
-    records: list[Any] = []
-    try:
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            records += list(consumer)
-    finally:
-        consumer.close()
-    return records
 
 
 def run_mode(

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from model import OnlineModel, load_latest
 from schemas import ScoreUpdate, decode_score_update
@@ -19,7 +18,7 @@ from simulator.stream import Simulator, SimulatorConfig
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.support import Feeder, Stream, WorkerProcess, isolated_settings, wait_until
+from tests.support import Feeder, Stream, WorkerProcess, isolated_settings, read_all, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -47,24 +46,6 @@ def stream(impressions: int) -> Stream:
     config = SimulatorConfig(n_users=40, n_items=300, n_creators=20, n_categories=6, seed=11,
                              mean_request_gap_s=0.2, keep_ground_truth=False)  # fmt: skip
     return [(event.topic, event.value) for event in Simulator(config).events(impressions)]
-
-
-def read_all(settings: Settings, topic: str, partitions: int) -> list[Any]:
-    """Every record of a topic so far (kafka-python records: offset, key, value, timestamp)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                             consumer_timeout_ms=1500, fetch_max_wait_ms=200,
-                             max_partition_fetch_bytes=4 * 2**20)  # fmt: skip
-    tps = [TopicPartition(settings.topic(topic), p) for p in range(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning()
-    ends = consumer.end_offsets(tps)
-    records: list[Any] = []
-    try:
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            records += list(consumer)
-    finally:
-        consumer.close()
-    return records
 
 
 def model_scores(settings: Settings) -> list[tuple[float, ScoreUpdate]]:
