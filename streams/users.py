@@ -59,8 +59,7 @@ class UsersStore(Generic[State]):
         return self._decoded(value)
 
     def _decoded(self, value: Any) -> State:
-        wire = orjson.loads(value) if isinstance(value, bytes | bytearray | memoryview) else value
-        return self.decode(wire)
+        return self.decode(_wire(value))
 
     def put(self, user_id: str, state: State, partition: int | None = None) -> None:
         """Store ``state`` of a user of ``partition``; its changelog record is written by
@@ -94,10 +93,8 @@ class UsersStore(Generic[State]):
                 continue
             if isinstance(value, self.state_type):
                 yield user_id, of_state(value)
-            elif isinstance(value, bytes | bytearray | memoryview):
-                yield user_id, of_wire(orjson.loads(value))
             else:
-                yield user_id, of_wire(value)
+                yield user_id, of_wire(_wire(value))
 
     def __len__(self) -> int:
         return len(self._data)
@@ -114,3 +111,11 @@ class UsersStore(Generic[State]):
         table: Any = self.table
         key, _ = table.changelog_topic.prepare_key(user_id, table.key_serializer)
         return key, orjson.dumps(self.encode(state), option=WIRE_JSON)
+
+
+def _wire(value: Any) -> Any:
+    """A recovered value as a wire value: the changelog's JSON bytes parsed; a value
+    recovered already parsed (before the table's values were stored raw) as it is."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return orjson.loads(value)
+    return value

@@ -201,7 +201,9 @@ class UserState:
         """Read a changelog value of any known version."""
         version = wire.get("version", 0)
         if version > WIRE_VERSION:
-            raise ValueError(f"user state of wire version {version}; this worker reads <= 2")
+            raise ValueError(
+                f"user state of wire version {version}; this worker reads <= {WIRE_VERSION}"
+            )
         return cls(
             float(wire.get("clock", 0.0)),
             dict(wire.get("topic_clock") or {}),
@@ -258,7 +260,9 @@ class Schedule:
         :meth:`UserState.from_wire` reads it)."""
         version = wire.get("version", 0)
         if version > WIRE_VERSION:
-            raise ValueError(f"user state of wire version {version}; this worker reads <= 2")
+            raise ValueError(
+                f"user state of wire version {version}; this worker reads <= {WIRE_VERSION}"
+            )
         # Timestamps sit where Pending.to_wire and Reaction.to_wire put them (or in
         # version 1's dicts).
         pending = wire.get("pending") or ()
