@@ -26,10 +26,17 @@ offset learned (-1: none yet), so a worker rescores an example's user once its m
 learned the example. While the broker is away the same update is sent
 again until it is taken; learning goes on, and the next delta carries everything since.
 
-Scaling beyond one process. The partitions read are a constructor argument: a data-parallel
-trainer (``torch.distributed``, not built) would give rank ``r`` of ``w`` the partitions
-``p % w == r``, each rank checkpointing its own offsets, gradients all-reduced, and rank 0
-alone publishing updates.
+Data-parallel (``NEGSTREAM_TRAINER_WORLD`` > 1). ``world`` trainer processes join one
+``torch.distributed`` group (gloo on cpu, nccl on cuda; :mod:`model.distributed`) and hold
+one model: rank ``r`` reads the partitions ``p % world == r``, and every learning step is
+over all ranks' examples (gradients summed, the wide part's batch gathered), so the ranks'
+models stay equal. The ranks step in lockstep: each fetches what it has (waiting at most
+:data:`IDLE_FETCH_S`), then all take the step, those without examples with an empty batch.
+At each step they also agree on whether to checkpoint (any rank due) and to stop (any rank
+asked). Rank 0 alone publishes updates and writes checkpoints, holding every rank's offsets
+and recent example ids; at start it reads the newest and sends it to the others. A rank that
+fails or stays away longer than ``NEGSTREAM_TRAINER_PEER_TIMEOUT_S`` fails the others' next
+step: every rank stops without a checkpoint, and restarted they resume from the last one.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from model import (
     TouchedRows,
     encode_update,
 )
+from model.distributed import LOCAL, Collective
 from model.monitor.prequential import Prequential
 from model.sync import take_update
 from streams import metrics
@@ -92,17 +100,26 @@ def shared_partitions(partitions: int, rank: int = 0, world: int = 1) -> list[in
 class TrainerService:
     """Learns from ``partitions`` of training-examples and publishes the model's updates.
 
-    Call :meth:`run` in an event loop; :meth:`stop` ends it with a checkpoint.
+    Call :meth:`run` in an event loop; :meth:`stop` ends it with a checkpoint. ``group``: the
+    data-parallel ranks this one learns with (then ``partitions`` defaults to its share).
     """
 
-    def __init__(self, settings: Settings, partitions: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        partitions: Sequence[int] | None = None,
+        group: Collective = LOCAL,
+    ) -> None:
         self.settings = settings
+        self.group = group
         torch.set_num_threads(max(1, settings.torch_threads))
-        self.model = OnlineModel(model_config(settings), changes=TouchedRows())
+        self.model = self._new_model()
         self.store = CheckpointStore(settings.trainer_checkpoint_dir)
         self.topic = settings.topic("examples")
         self.partitions = list(
-            shared_partitions(settings.partitions) if partitions is None else partitions
+            shared_partitions(settings.partitions, group.rank, group.world)
+            if partitions is None
+            else partitions
         )
         #: Per partition, the last offset learned (or skipped) from.
         self.offsets: dict[int, int] = {}
@@ -114,20 +131,29 @@ class TrainerService:
         self.outputs = OutputProducer(settings, "model-updates")
         self.publisher = UpdatePublisher(settings, self.outputs)
         self.updates_taken = 0
-        self.batches_since_checkpoint = 0
+        self.saved_version = self.model.version
         self.last_checkpoint = time.monotonic()
         self._stopping: asyncio.Event | None = None
         metrics.MODEL_VERSION.set(self.model.version)
 
+    def _new_model(self) -> OnlineModel:
+        group = None if self.group.world == 1 else self.group
+        return OnlineModel(model_config(self.settings), changes=TouchedRows(), group=group)
+
     def _resume(self) -> None:
         # Loading restarts the model's lineage: the first update is a full snapshot.
-        config = self.model.config
-        self.model, state = restore(
-            self.store, self.model, lambda: OnlineModel(config, changes=TouchedRows())
-        )
+        state = None
+        if self.group.rank == 0:
+            self.model, state = restore(self.store, self.model, self._new_model)
+        if self.group.world > 1:
+            # Every rank starts from rank 0's checkpoint (or, with none, the same fresh model).
+            state = self.group.broadcast(state)
+            if state is not None and self.group.rank != 0:
+                self.model.load_state_dict(state["model"])
         if state is None:
             return
-        self.offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        offsets = {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        self.offsets = {p: offsets[p] for p in self.partitions if p in offsets}
         self.seen = OrderedDict.fromkeys(state.get("seen_examples", []))
 
     def stop(self) -> None:
@@ -136,44 +162,47 @@ class TrainerService:
             self._stopping.set()
 
     async def run(self) -> None:
-        """Learn and publish until :meth:`stop`; then checkpoint and close the clients.
+        """Learn (and on rank 0 publish) until :meth:`stop`; then checkpoint and close the
+        clients.
 
-        A failure of learning or publishing ends it without a checkpoint (a restart resumes
-        from the last one) and is raised.
+        A failure of learning or publishing, or of another rank, ends it without a
+        checkpoint (a restart resumes from the last one) and is raised.
         """
         self._stopping = asyncio.Event()
         consumer = self._consumer()
         await consumer.start()
         failed = True
+        publishes = self.group.rank == 0
         try:
-            await self.publisher.start()
+            if publishes:
+                await self.publisher.start()
             await self._seek(consumer)
             log.info(
-                "negstream trainer: %d partitions of %s from offsets %s, model version %d on "
-                "%s; an update to %s every %gs, a snapshot every %d",
-                len(self.partitions), self.topic, self._resume_offsets(), self.model.version,
-                self.model.device, self.publisher.topic, self.settings.model_sync_s,
-                self.settings.model_snapshot_every,
+                "negstream trainer %d of %d: %d partitions of %s from offsets %s, model "
+                "version %d on %s; %s",
+                self.group.rank, self.group.world, len(self.partitions), self.topic,
+                self._resume_offsets(), self.model.version, self.model.device,
+                f"an update to {self.publisher.topic} every {self.settings.model_sync_s:g}s, "
+                f"a snapshot every {self.settings.model_snapshot_every}"
+                if publishes else "rank 0 publishes",
             )  # fmt: skip
-            # The first update, taken before any learning: the state the trainer resumed.
-            loop = asyncio.get_running_loop()
-            first = await loop.run_in_executor(self.model_thread, self._take)
-            learning = asyncio.create_task(self._learn_loop(consumer), name="trainer-learn")
-            publishing = asyncio.create_task(self._publish_loop(first), name="trainer-publish")
-            stopping = asyncio.create_task(self._stopping.wait(), name="trainer-stop")
-            done, _ = await asyncio.wait(
-                {learning, publishing, stopping}, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in (learning, publishing, stopping):
+            tasks = []
+            if publishes:
+                # The first update, taken before any learning: the state the trainer resumed.
+                loop = asyncio.get_running_loop()
+                first = await loop.run_in_executor(self.model_thread, self._take)
+                tasks.append(asyncio.create_task(self._publish_loop(first), name="trainer-publish"))
+            tasks.append(asyncio.create_task(self._learn_loop(consumer), name="trainer-learn"))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(learning, publishing, stopping, return_exceptions=True)
-            for finished in done - {stopping}:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for finished in done:
                 error = None if finished.cancelled() else finished.exception()
                 if error is not None:
                     raise error
+            # The learning loop returns only once stopped, after its last checkpoint.
             failed = False
-            # Queued behind any learning still running on the model thread.
-            await self._checkpoint(consumer)
         finally:
             if failed:
                 log.error("the trainer stops without a checkpoint; it resumes from the last one")
@@ -211,22 +240,45 @@ class TrainerService:
     # --- learning ------------------------------------------------------------------------
 
     async def _learn_loop(self, consumer: AIOKafkaConsumer) -> None:
+        """Fetch and take a step until stopped (every rank together), checkpointing when due
+        and once more at the stop."""
         loop = asyncio.get_running_loop()
-        settings = self.settings
+        assert self._stopping is not None
         while True:
             records = await self._fetch(consumer)
-            if records:
-                started = time.perf_counter()
-                learned = await loop.run_in_executor(self.model_thread, self._learn, records)
-                if learned:
-                    self._observe(learned, time.perf_counter() - started)
-                    self.batches_since_checkpoint += 1
+            started = time.perf_counter()
+            # Shielded: the step runs on (and the other ranks wait for it) even if this
+            # task is cancelled; a stop waits for it on the model thread.
+            step = loop.run_in_executor(
+                self.model_thread, self._step, records, self._stopping.is_set()
+            )
+            learned, covered, stop = await asyncio.shield(step)
+            if learned:
+                self._observe(learned, time.perf_counter() - started)
+            # Data-parallel, other ranks' examples move the version too.
+            metrics.MODEL_VERSION.set(self.model.version)
             self._report_lag(consumer)
-            due = time.monotonic() - self.last_checkpoint >= settings.checkpoint_every_s
-            if self.batches_since_checkpoint and (
-                due or self.batches_since_checkpoint >= settings.checkpoint_every_batches
-            ):
-                await self._checkpoint(consumer)
+            if covered is not None:
+                await self._commit(consumer, covered)
+            if stop:
+                return
+
+    def _step(
+        self, records: list[Record], stopping: bool
+    ) -> tuple[int, dict[int, int] | None, bool]:
+        """Learn ``records`` (an empty step when none), then checkpoint if any rank is due or
+        stopping (model thread): how many this rank learned, the offsets a checkpoint
+        covers (None: none was written), and whether to stop."""
+        learned = self._learn(records)
+        steps = self.model.version - self.saved_version
+        settings = self.settings
+        due = steps > 0 and (
+            time.monotonic() - self.last_checkpoint >= settings.checkpoint_every_s
+            or steps >= settings.checkpoint_every_batches
+        )
+        stop, due = self.group.any(stopping, due)
+        covered = self._save() if due or stop else None
+        return learned, covered, stop
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> list[Record]:
         """Up to ``train_batch_size`` records, waiting at most ``train_max_wait_s`` for more
@@ -257,18 +309,19 @@ class TrainerService:
         return records
 
     def _learn(self, records: list[Record]) -> int:
-        """Test-then-train on the records' new examples (model thread); how many learned."""
+        """Test-then-train on the records' new examples (model thread); how many learned.
+        Data-parallel, this rank's part of the step, empty when it has none."""
         for partition, offset, _ in records:
             self.offsets[partition] = max(offset, self.offsets.get(partition, -1))
         examples = fresh_examples(((offset, value) for _, offset, value in records), self.seen)
-        if not examples:
-            return 0
         try:
             batch = ExampleBatch.from_examples(examples, self.model.config)
         except (KeyError, TypeError, ValueError):
             batch = self._valid_only(examples)
         if len(batch):
             self.prequential.update(batch)
+        else:
+            self.model.learn_many(batch)
         return len(batch)
 
     def _valid_only(self, examples: list[dict[str, Any]]) -> ExampleBatch:
@@ -287,7 +340,6 @@ class TrainerService:
         metrics.TRAIN_BATCH_SECONDS.observe(elapsed)
         metrics.TRAIN_EXAMPLES.inc(learned)
         metrics.TRAIN_EXAMPLES_PER_SECOND.set(learned / max(elapsed, 1e-9))
-        metrics.MODEL_VERSION.set(self.model.version)
         for name, value in self.prequential.get().items():
             head, metric = name.split("/")
             if np.isfinite(value):
@@ -303,35 +355,38 @@ class TrainerService:
 
     # --- checkpoints -----------------------------------------------------------------------
 
-    async def _checkpoint(self, consumer: AIOKafkaConsumer) -> None:
-        """Checkpoint on the model thread (even when the wait for it is cancelled), then
-        commit the offsets it covers."""
-        loop = asyncio.get_running_loop()
-        covered = await asyncio.shield(loop.run_in_executor(self.model_thread, self._save))
-        self.batches_since_checkpoint = 0
-        self.last_checkpoint = time.monotonic()
+    async def _commit(self, consumer: AIOKafkaConsumer, covered: dict[int, int]) -> None:
+        """Commit the offsets a checkpoint covers (for lag tools: the checkpoint has them)."""
         if not covered:
             return
         try:
             await consumer.commit(
                 {TopicPartition(self.topic, p): offset + 1 for p, offset in covered.items()}
             )
-        except KafkaError as error:  # lag tools only: the checkpoint holds the offsets
+        except KafkaError as error:
             log.warning("trainer offsets not committed (%s); the checkpoint has them", error)
 
     def _save(self) -> dict[int, int]:
-        """Write model, optimisers, offsets and recent example ids (model thread)."""
+        """Write model, optimisers, offsets and recent example ids (model thread; every
+        rank at once, rank 0 writes them all); this rank's offsets it covers."""
         started = time.perf_counter()
         offsets = dict(self.offsets)
-        self.store.save(
-            {
-                "model": self.model.state_dict(),
-                "offsets": offsets,
-                "seen_examples": list(self.seen)[-CHECKPOINTED_IDS:],
-            }
-        )
-        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-        metrics.CHECKPOINT_TIMESTAMP.set(time.time())
+        every = self.group.gather_objects((offsets, list(self.seen)[-CHECKPOINTED_IDS:]))
+        if every is not None:
+            covered: dict[int, int] = {}
+            seen: list[str] = []
+            for rank_offsets, rank_seen in every:
+                covered.update(rank_offsets)
+                seen += rank_seen
+            self.store.save(
+                {"model": self.model.state_dict(), "offsets": covered, "seen_examples": seen}
+            )
+            metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+            metrics.CHECKPOINT_TIMESTAMP.set(time.time())
+        # Offsets are committed only once rank 0 has written the checkpoint covering them.
+        self.group.barrier()
+        self.saved_version = self.model.version
+        self.last_checkpoint = time.monotonic()
         return offsets
 
     # --- publishing ------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class RateTable:
         counts = self.counts.index_select(0, flat)
         if self.half_life > 0:
             counts = counts * self._fade(flat).unsqueeze(1)
-        return counts.reshape(*rows.shape, -1)
+        return counts.reshape(*rows.shape, counts.shape[-1])
 
     def add(self, rows: torch.Tensor, labels: torch.Tensor) -> None:
         """Count one impression of each example ``[n]`` in each of its rows ``[n, K]``, with

@@ -81,21 +81,27 @@ class Network(nn.Module):
         return F.embedding(rows, self.table.weight, sparse=True)
 
     def forward(
-        self, embedded: torch.Tensor, wide: torch.Tensor, bias_rows: torch.Tensor
+        self,
+        embedded: torch.Tensor,
+        wide: torch.Tensor,
+        bias_rows: torch.Tensor,
+        rows: int | None = None,
     ) -> torch.Tensor:
         """Residual logits ``[n, len(LOGITS)]``; ``wide`` are the wide part's inputs and
-        ``bias_rows`` the ``[n, crosses]`` rows of ``biases``."""
+        ``bias_rows`` the ``[n, crosses]`` rows of ``biases``. ``rows``: how many rows the
+        loss is a mean over (all ranks' when data-parallel; default ``n``)."""
         # Dot products of the user with item, creator and category give the MLP "does this
         # user dislike this creator/topic" directly instead of making it learn multiplication.
         interactions = (embedded[:, :1] * embedded[:, 1:]).sum(2)
         features = torch.cat([embedded.flatten(1), interactions, wide], dim=1)
         logits: torch.Tensor = self.mlp(features) + self.interactions(interactions)
         biases = F.embedding(bias_rows, self.biases.weight, sparse=True).sum(1)
-        return logits + per_example_gradient(biases) * self.negative
+        return logits + per_example_gradient(biases, rows) * self.negative
 
 
-def per_example_gradient(values: torch.Tensor) -> torch.Tensor:
-    """``values`` unchanged, but their gradient scaled by the batch size.
+def per_example_gradient(values: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+    """``values`` unchanged, but their gradient scaled by the batch size (``rows``, default
+    ``values``' own).
 
     The loss is a batch mean, so a row's gradient is its example's ``(p - y) * weight`` over
     ``n``. Scaled back to per-example size, the biases' Adagrad (with its initial accumulator)
@@ -103,5 +109,5 @@ def per_example_gradient(values: torch.Tensor) -> torch.Tensor:
     moves its pair's bias ~20x further than an impression without reaction, where plain
     Adagrad's first step is ``lr`` for both.
     """
-    scale = float(values.shape[0])
+    scale = float(values.shape[0] if rows is None else rows)
     return values * scale - values.detach() * (scale - 1.0)

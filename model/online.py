@@ -22,6 +22,7 @@ from torch import nn
 
 from model.batch import CandidateBatch, ExampleBatch
 from model.config import HEADS, ID_FIELDS, ModelConfig, p_negative, resolve_device
+from model.distributed import Collective, gradients_of, set_gradients
 from model.hashing import cross_buckets
 from model.lazy_adagrad import LazyAdagrad
 from model.lazy_adam import LazyAdam
@@ -52,11 +53,14 @@ def _internal_targets(targets: torch.Tensor) -> torch.Tensor:
     return torch.stack([negative, targets[:, _EXPLICIT], targets[:, _ENGAGEMENT]], dim=1)
 
 
-def _internal_weights(internal: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _internal_weights(
+    internal: torch.Tensor, weights: torch.Tensor, mean: float | None = None
+) -> torch.Tensor:
     """Loss weight of each row and logit ``[n, len(LOGITS)]``.
 
     Severity (the example's ``weight``) weighs the explicit-given-negative logit's positives,
-    rescaled to mean 1 over the batch's explicit negatives: a report pulls harder than a
+    rescaled to mean 1 over the batch's explicit negatives (``mean``: their mean weight over
+    every rank's batch when data-parallel): a report pulls harder than a
     dislike, but explicit negatives as a whole pull as hard as unweighted ones, so the head
     stays calibrated. That logit learns from negative rows only. The negative and engagement
     logits weigh every row 1: severity on p(negative) itself cost 0.003-0.006 AUC of "any
@@ -64,16 +68,24 @@ def _internal_weights(internal: torch.Tensor, weights: torch.Tensor) -> torch.Te
     negatives above another's).
     """
     negative, explicit = internal[:, _NEGATIVE], internal[:, _EXPLICIT_GIVEN_NEGATIVE]
-    # Sums, not boolean indexing: no host sync a step; a batch without positives scales by 1.
-    mean = (weights * explicit).sum() / explicit.sum().clamp_min(1.0)
-    severity = explicit * (weights / mean.clamp_min(1e-12) - 1.0) + 1.0
+    if mean is None:
+        # Sums, not boolean indexing: no host sync a step; a batch without positives scales by 1.
+        local = (weights * explicit).sum() / explicit.sum().clamp_min(1.0)
+        severity = explicit * (weights / local.clamp_min(1e-12) - 1.0) + 1.0
+    else:
+        severity = explicit * (weights / max(mean, 1e-12) - 1.0) + 1.0
     ones = torch.ones_like(negative)
     return torch.stack([ones, negative * severity, ones], dim=1)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> Any:
+def _loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, rows: int | None = None
+) -> Any:
+    """Mean weighted loss of a row; ``rows``: the rows of every rank when data-parallel (the
+    ranks' gradients then sum to the gradient of the mean over all of them)."""
     per_logit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return (per_logit * weights).sum(1).mean()
+    per_row = (per_logit * weights).sum(1)
+    return per_row.mean() if rows is None else per_row.sum() / rows
 
 
 def heads_of(logits: torch.Tensor) -> torch.Tensor:
@@ -138,6 +150,9 @@ class OnlineModel:
     changes
         Where each learned batch marks the table rows it wrote (for publishing updates, see
         :mod:`model.sync`); None: nothing is tracked.
+    group
+        The ranks learning this model together (:class:`model.distributed.DataParallel`);
+        None: this process alone.
 
     Examples
     --------
@@ -155,10 +170,14 @@ class OnlineModel:
     """
 
     def __init__(
-        self, config: ModelConfig | None = None, changes: TouchedRows | None = None
+        self,
+        config: ModelConfig | None = None,
+        changes: TouchedRows | None = None,
+        group: Collective | None = None,
     ) -> None:
         self.config = config or ModelConfig()
         self.changes = changes
+        self.group = group
         self.device = resolve_device(self.config.device)
         self._wide = RateRegression(
             self.config,
@@ -192,6 +211,8 @@ class OnlineModel:
             "initial_accumulator_value": self.config.wide_initial_accumulator,
         }
         dense = [*self._net.mlp.parameters(), *self._net.interactions.parameters()]
+        self._sparse = [*sparse, *self._net.biases.parameters()]
+        self._dense = dense
         lr = self.config.lr
         self._optimizers: list[torch.optim.Optimizer]
         if self.config.optimizer == "adagrad+adam":
@@ -262,14 +283,20 @@ class OnlineModel:
         The deep part takes one optimiser step on the loss of the summed logits, the wide
         part's regression folds the batch in, and only then are the batch's labels counted
         into the rate tables: every input the batch was learned on predates it.
+
+        Data-parallel (``group``), the step is over every rank's batch, and every rank calls
+        this once a step, with an empty batch when it has nothing (see
+        :mod:`model.distributed`); with none anywhere it is a no-op on every rank.
         """
         examples = self._as_examples(batch)
-        if len(examples) == 0:
+        group = self.group
+        if group is None and len(examples) == 0:
             return
+        n = len(examples)
         wide_rows = self._wide.rows(examples)
         inputs = self._wide.inputs(examples, wide_rows)
         rows, wide = examples, inputs
-        if self.config.extra_negatives > 0:
+        if self.config.extra_negatives > 0 and n:
             extra = sample_extra_negatives(
                 examples, self.config.extra_negatives, self._rng, self.config.extra_negative_weight
             )
@@ -278,34 +305,62 @@ class OnlineModel:
                 wide = torch.cat([inputs, self._wide.inputs(extra, self._wide.rows(extra))])
         ids, bias_rows = self._tensors(rows)
         targets = _internal_targets(torch.from_numpy(rows.targets).to(self.device))
-        weights = _internal_weights(targets, torch.from_numpy(rows.weights).to(self.device))
+        row_weights = torch.from_numpy(rows.weights).to(self.device)
+        all_rows: int | None = None
+        mean: float | None = None
+        learned = n
+        if group is not None:
+            # Every rank's sizes and explicit-negative weights: the step is over all of them.
+            explicit = targets[:, _EXPLICIT_GIVEN_NEGATIVE]
+            mine = [n, len(rows), float((row_weights * explicit).sum()), float(explicit.sum())]
+            sizes = group.gather_values(mine)
+            learned, all_rows = (int(sum(rank[k] for rank in sizes)) for k in range(2))
+            if learned == 0:
+                return
+            weighted, count = (sum(rank[k] for rank in sizes) for k in (2, 3))
+            mean = weighted / max(count, 1.0)
+        weights = _internal_weights(targets, row_weights, mean)
         base = self._wide.logits(wide)
         net = self._net
         net.train()
         embedded = net.embed(ids)
-        residual = net(embedded, wide, bias_rows) * self._blend()
-        loss = _loss(base + residual, targets, weights)
+        residual = net(embedded, wide, bias_rows, all_rows) * self._blend()
+        loss = _loss(base + residual, targets, weights, all_rows)
         if self.config.adversarial_eps > 0:
             loss = loss + self.config.adversarial_weight * self._adversarial_loss(
-                loss, ids, embedded, wide, bias_rows, base, targets, weights
+                loss, ids, embedded, wide, bias_rows, base, targets, weights, all_rows
             )
         for optimizer in self._optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        labels = torch.from_numpy(examples.targets).to(self.device, non_blocking=True)
+        learnt = [inputs, targets[:n], weights[:n], residual[:n].detach(), wide_rows, labels]
+        if group is not None:
+            # One exchange: every rank's gradients, wide batch and rows. The gradients become
+            # the ranks' sum; every rank folds all ranks' examples, in rank order, into its
+            # wide part, and marks all ranks' rows (the whole model's changes).
+            gradients = gradients_of(self._dense, self._sparse)
+            every_rank = group.gather_tensors([*gradients, *learnt, ids, bias_rows])
+            set_gradients(self._dense, self._sparse, every_rank)
+            first = len(gradients)
+            *learnt, ids, bias_rows = (
+                torch.cat([parts[k] for parts in every_rank])
+                for k in range(first, first + len(learnt) + 2)
+            )
         # Opting out explicitly: the gradients come from autograd, and torch otherwise warns
         # on every sparse Adagrad step that the (costly) invariant checks are off.
         with torch.sparse.check_sparse_tensor_invariants(enable=False):  # type: ignore[no-untyped-call]
             for optimizer in self._optimizers:
                 optimizer.step()
-        n = len(examples)
-        self._wide.learn(inputs, targets[:n], weights[:n], residual[:n].detach())
-        self._wide.count(wide_rows, examples)
+        inputs, logit_targets, row_weights, offset, wide_rows, labels = learnt
+        self._wide.learn(inputs, logit_targets, row_weights, offset)
+        self._wide.count_targets(wide_rows, labels)
         if self.changes is not None:
             self.changes.mark(EMBEDDING_ROWS, ids)
             self.changes.mark(CROSS_BIAS_ROWS, bias_rows)
             self.changes.mark(RATE_ROWS, wide_rows)
         self.version += 1
-        self.examples_seen += n
+        self.examples_seen += learned
 
     def _adversarial_loss(
         self,
@@ -317,6 +372,7 @@ class OnlineModel:
         base: torch.Tensor,
         targets: torch.Tensor,
         weights: torch.Tensor,
+        rows: int | None = None,
     ) -> Any:
         """APR (He et al., 2018): the loss after the worst-case ``eps`` step on each embedding.
 
@@ -327,8 +383,8 @@ class OnlineModel:
         offsets = torch.from_numpy(self._field_offsets).to(ids.device)
         present = (ids != offsets).unsqueeze(2)
         delta = self.config.adversarial_eps * F.normalize(grad, dim=2) * present
-        logits = base + self._net(embedded + delta.detach(), wide, bias_rows) * self._blend()
-        return _loss(logits, targets, weights)
+        residual = self._net(embedded + delta.detach(), wide, bias_rows, rows) * self._blend()
+        return _loss(base + residual, targets, weights, rows)
 
     @torch.no_grad()
     def predict_many(

@@ -156,6 +156,10 @@ class RateRegression:
     def count(self, rows: torch.Tensor, batch: ExampleBatch) -> None:
         """Add the batch's impressions and labels to the rate tables (after learning it)."""
         targets = torch.from_numpy(batch.targets).to(self.device, non_blocking=True)
+        self.count_targets(rows, targets)
+
+    def count_targets(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
+        """:meth:`count` of a batch's head ``targets`` ``[n, HEADS]`` (on the device)."""
         self.table.add(rows, label_columns(targets))
 
     def state_dict(self) -> dict[str, Any]:

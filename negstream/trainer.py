@@ -13,6 +13,8 @@ import threading
 from prometheus_client import start_http_server
 
 from agents.trainer_service import TrainerService
+from model.config import resolve_device
+from model.distributed import LOCAL, Collective, join
 from negstream.worker import LOG_FORMAT, LOG_LEVELS, StopRequested, stop_on_signals
 from streams.admin import ensure_topics
 from streams.settings import Settings
@@ -33,7 +35,7 @@ def run_trainer(settings: Settings) -> int:
     try:
         with stop_on_signals():
             ensure_topics(settings, timeout=None)
-            service = TrainerService(settings)
+            service = TrainerService(settings, group=_group(settings))
     except StopRequested as stop:
         log.warning("negstream trainer: stopped by %s before it started", stop)
         return 0
@@ -45,6 +47,23 @@ def run_trainer(settings: Settings) -> int:
     )
     asyncio.run(_serve(service))
     return 0
+
+
+def _group(settings: Settings) -> Collective:
+    """This process alone, or its rank of NEGSTREAM_TRAINER_WORLD (waits for all to join)."""
+    if settings.trainer_world == 1:
+        return LOCAL
+    log.info(
+        "negstream trainer: rank %d of %d joining at %s",
+        settings.trainer_rank, settings.trainer_world, settings.trainer_rendezvous,
+    )  # fmt: skip
+    return join(
+        settings.trainer_rendezvous,
+        settings.trainer_rank,
+        settings.trainer_world,
+        resolve_device(settings.device),
+        settings.trainer_peer_timeout_s,
+    )
 
 
 async def _serve(service: TrainerService) -> None:

@@ -126,6 +126,18 @@ class Settings:
     model_max_age_s: float = 60.0
     """NEGSTREAM_MODEL_MAX_AGE_S: a remote-model worker whose model was taken longer ago than
     this logs it, and the NegstreamModelStale alert fires (``negstream_model_max_age_seconds``)."""
+    trainer_world: int = 1
+    """NEGSTREAM_TRAINER_WORLD: trainer processes learning one model together (data-parallel
+    ``negstream trainer``; each reads its share of the training-examples partitions)."""
+    trainer_rank: int = 0
+    """NEGSTREAM_TRAINER_RANK: this trainer's rank, 0 to NEGSTREAM_TRAINER_WORLD - 1 (rank 0
+    publishes updates and writes checkpoints)."""
+    trainer_rendezvous: str = "tcp://127.0.0.1:29500"
+    """NEGSTREAM_TRAINER_RENDEZVOUS: ``tcp://host:port`` where rank 0 meets the other trainers
+    (with NEGSTREAM_TRAINER_WORLD > 1)."""
+    trainer_peer_timeout_s: float = 120.0
+    """NEGSTREAM_TRAINER_PEER_TIMEOUT_S: longest a trainer waits for another at a step, or for
+    all to join, before it fails (and, restarted, resumes from the last checkpoint)."""
     drift_interval_s: float = 30.0
     """NEGSTREAM_DRIFT_INTERVAL_S: period of drift reports."""
     metrics_host: str = "127.0.0.1"
@@ -187,6 +199,7 @@ class Settings:
             "partitions", "batch_size", "window_short_s", "window_long_s", "window_step_s",
             "label_window_s", "train_batch_size", "drift_interval_s", "max_payload_bytes",
             "fetch_max_wait_ms", "model_sync_s", "model_snapshot_every", "model_max_age_s",
+            "trainer_world", "trainer_peer_timeout_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -201,6 +214,15 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}MODEL_SOURCE={self.model_source!r} must be one of "
                 f"{', '.join(MODEL_SOURCES)}"
+            )
+        if not 0 <= self.trainer_rank < self.trainer_world:
+            raise SettingsError(
+                f"{PREFIX}TRAINER_RANK={self.trainer_rank} must be in 0 .. "
+                f"{PREFIX}TRAINER_WORLD - 1 ({self.trainer_world - 1})"
+            )
+        if self.trainer_world > 1 and urlsplit(self.trainer_rendezvous).scheme != "tcp":
+            raise SettingsError(
+                f"{PREFIX}TRAINER_RENDEZVOUS={self.trainer_rendezvous!r} must be tcp://host:port"
             )
         if self.model_max_age_s <= self.model_sync_s:
             raise SettingsError(

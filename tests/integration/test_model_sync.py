@@ -22,8 +22,9 @@ from agents.model_topic import reading_start, snapshot_offset, updates_consumer
 from agents.trainer import model_config
 from model import ModelReplica, OnlineModel, UpdateAssembler, load_latest
 from streams.admin import TopicLayoutError, ensure_topics
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
+from tests.ranks import free_address
 from tests.support import (
     WorkerProcess,
     isolated_settings,
@@ -230,3 +231,86 @@ def test_model_updates_is_created_with_one_partition_and_checked(
     new_topic_named(other.bootstrap_servers, other.topic("model_updates"), partitions=4)
     with pytest.raises(TopicLayoutError, match=r"model-updates.* has 4 partitions.*exactly one"):
         ensure_topics(other)
+
+
+def test_two_data_parallel_trainers_learn_one_model_and_resume_it_together(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    zero = isolated_settings(
+        broker.url, tmp_path / "rank-0", **TRAINER_SETTINGS,
+        trainer_world=2, trainer_rendezvous=free_address(), trainer_peer_timeout_s=30.0,
+    )  # fmt: skip
+    # Its own data dir: rank 1 starts from the checkpoint rank 0 reads and sends it.
+    one = zero.replace(trainer_rank=1, metrics_port=free_port(), data_dir=str(tmp_path / "rank-1"))
+    ensure_topics(zero)
+    rng = random.Random(9)
+    examples = [example(index, rng) for index in range(800)]
+    copies = rng.sample(examples, 100)
+    stream = examples + copies
+    rng.shuffle(stream)
+    produce(zero, (("examples", e["user_id"].encode(), e) for e in stream))
+    first = _run_ranks([zero, one], tmp_path / "first", len(examples))
+    # Each rank learned its partitions' share; together every example once, copies dropped.
+    learned = [samples[("negstream_train_examples_total", ())] for samples in first]
+    assert min(learned) > 0 and sum(learned) == len(examples)
+    assert sum(samples[("negstream_train_duplicates_total", ())] for samples in first) == 100
+    versions = {samples[("negstream_model_version", ())] for samples in first}
+    assert len(versions) == 1, f"the ranks' models are at versions {versions}"
+    checkpoint = load_latest(zero.trainer_checkpoint_dir)
+    assert checkpoint is not None and load_latest(one.trainer_checkpoint_dir) is None
+    saved = OnlineModel.from_state_dict(checkpoint["model"])
+    assert saved.examples_seen == len(examples) and saved.version == versions.pop()
+    # Rank 0's checkpoint holds every partition's offset, so both ranks resume.
+    assert sorted(checkpoint["offsets"]) == list(range(zero.partitions))
+    assert sum(offset + 1 for offset in checkpoint["offsets"].values()) == len(stream)
+    # Rank 0 alone published; a replica built from the topic is the checkpointed model.
+    built, _ = asyncio.run(_read(zero, from_newest_snapshot=True))
+    candidates = _candidates(rng)
+    assert built.replica.version == saved.version
+    assert np.array_equal(built.replica.predict_many(candidates), saved.predict_many(candidates))
+
+    # Restarted, the ranks go on from the checkpoint: only new examples are read and learned.
+    more = [example(index, rng) for index in range(800, 1100)]
+    produce(zero, (("examples", e["user_id"].encode(), e) for e in more))
+    second = _run_ranks([zero, one], tmp_path / "second", len(more))
+    assert sum(samples[("negstream_train_examples_total", ())] for samples in second) == len(more)
+    assert sum(samples[("negstream_train_duplicates_total", ())] for samples in second) == 0
+    resumed = load_latest(zero.trainer_checkpoint_dir)
+    assert resumed is not None
+    assert resumed["model"]["examples_seen"] == len(examples) + len(more)
+
+
+def _run_ranks(ranks: list[Settings], logs: Path, expected: int) -> list[dict[Any, float]]:
+    """Start the trainers, wait until together they learned ``expected`` examples and rank 0
+    published two updates after that, then SIGTERM them; each one's last metrics."""
+    logs.mkdir()
+    trainers = [
+        WorkerProcess(settings, logs / f"trainer-{n}.log", command="trainer").launch()
+        for n, settings in enumerate(ranks)
+    ]
+    try:
+        for trainer in trainers:
+            trainer.wait_up()
+        delta = ("negstream_model_updates_published_total", (("kind", "delta"),))
+
+        def learned() -> list[dict[Any, float]] | None:
+            samples = [trainer.metrics() for trainer in trainers]
+            done = sum(s[("negstream_train_examples_total", ())] for s in samples) >= expected
+            return samples if done else None
+
+        samples = wait_until(learned, 60, "the trainers to learn every example")
+        published = samples[0].get(delta, 0.0)
+        wait_until(
+            lambda: trainers[0].metrics().get(delta, 0.0) >= published + 2, 30, "two more updates"
+        )
+        samples = [trainer.metrics() for trainer in trainers]
+        for trainer in trainers:
+            assert trainer.process is not None
+            trainer.process.send_signal(signal.SIGTERM)
+        for trainer in trainers:
+            assert trainer.process is not None
+            assert trainer.process.wait(15) == 0, trainer.log()[-3000:]
+        return samples
+    finally:
+        for trainer in trainers:
+            trainer.stop()

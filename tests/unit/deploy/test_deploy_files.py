@@ -116,6 +116,16 @@ def _k8s_documents() -> list[dict[str, Any]]:
     ]
 
 
+def _k8s_of(docs: list[dict[str, Any]], kind: str, component: str) -> list[dict[str, Any]]:
+    """The documents of ``kind`` for the worker or the trainer."""
+    return [
+        doc
+        for doc in docs
+        if doc["kind"] == kind
+        and doc["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+
+
 def _compose_env(environment: dict[str, Any]) -> dict[str, str]:
     """Compose environment with ``${VAR:-default}`` replaced by its default."""
     default = re.compile(r"\$\{[A-Z_]+:-([^}]*)\}")
@@ -573,8 +583,8 @@ def test_k8s_configmap_is_valid_settings() -> None:
 def test_k8s_statefulset() -> None:
     docs = _k8s_documents()
     (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
-    (statefulset,) = [doc for doc in docs if doc["kind"] == "StatefulSet"]
-    (service,) = [doc for doc in docs if doc["kind"] == "Service"]
+    (statefulset,) = _k8s_of(docs, "StatefulSet", "worker")
+    (service,) = _k8s_of(docs, "Service", "worker")
     (budget,) = [doc for doc in docs if doc["kind"] == "PodDisruptionBudget"]
     spec = statefulset["spec"]
     settings = Settings.from_env({k: str(v) for k, v in configmap["data"].items()})
@@ -617,3 +627,36 @@ def test_deploy_readme_covers_the_basics() -> None:
     readme = (DEPLOY / "README.md").read_text()
     for needle in ("docker compose", "kubectl apply -k", "NEGSTREAM_BROKER_URL", "3000"):
         assert needle in readme, needle
+
+
+def test_k8s_trainers_are_the_ranks_of_one_model() -> None:
+    docs = _k8s_documents()
+    (configmap,) = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    (statefulset,) = _k8s_of(docs, "StatefulSet", "trainer")
+    (service,) = _k8s_of(docs, "Service", "trainer")
+    spec = statefulset["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["negstream", "trainer"]
+    values = {e["name"]: e.get("value") for e in container["env"]}
+    sources = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    # Pod i is rank i of as many ranks as replicas, and rank 0 is where they meet.
+    assert int(values["NEGSTREAM_TRAINER_WORLD"]) == spec["replicas"]
+    assert sources["NEGSTREAM_TRAINER_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+    }
+    name, namespace = statefulset["metadata"]["name"], statefulset["metadata"]["namespace"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    rendezvous = f"tcp://{name}-0.{spec['serviceName']}.{namespace}.svc:{ports['rendezvous']}"
+    assert values["NEGSTREAM_TRAINER_RENDEZVOUS"] == rendezvous
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {k: str(v) for k, v in configmap["data"].items()}
+    env |= {k: v for k, v in values.items() if v is not None} | {"NEGSTREAM_TRAINER_RANK": "0"}
+    settings = Settings.from_env(env)
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == settings.data_dir

@@ -1,4 +1,5 @@
-"""The broker URL setting: every form Faust accepts passes, anything but kafka:// fails."""
+"""Settings checks: every broker URL form Faust accepts passes, anything but kafka:// fails;
+the data-parallel trainer's rank, world and rendezvous are checked together."""
 
 from __future__ import annotations
 
@@ -65,3 +66,26 @@ def test_a_broker_override_is_checked_too() -> None:
         Settings.from_env({}, broker_url="http://x")
     with pytest.raises(SettingsError, match="NEGSTREAM_BROKER_URL"):
         Settings().replace(broker_url="http://x")
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"NEGSTREAM_TRAINER_WORLD": "2", "NEGSTREAM_TRAINER_RANK": "2"}, "TRAINER_RANK=2"),
+        ({"NEGSTREAM_TRAINER_RANK": "-1"}, "TRAINER_RANK=-1"),
+        ({"NEGSTREAM_TRAINER_WORLD": "0"}, "TRAINER_WORLD"),
+        (
+            {"NEGSTREAM_TRAINER_WORLD": "2", "NEGSTREAM_TRAINER_RENDEZVOUS": "trainer-0:29500"},
+            "TRAINER_RENDEZVOUS",
+        ),
+    ],
+)
+def test_data_parallel_trainer_settings_are_checked(env: dict[str, str], problem: str) -> None:
+    with pytest.raises(SettingsError, match=problem):
+        Settings.from_env(env)
+
+
+def test_a_rank_of_a_data_parallel_trainer_is_accepted() -> None:
+    env = {"NEGSTREAM_TRAINER_WORLD": "3", "NEGSTREAM_TRAINER_RANK": "2"}
+    settings = Settings.from_env(env | {"NEGSTREAM_TRAINER_RENDEZVOUS": "tcp://trainer-0:29500"})
+    assert (settings.trainer_rank, settings.trainer_world) == (2, 3)
