@@ -30,6 +30,7 @@ The last line printed is ``scale-out: shared_auc=A local_auc=B freshness_p99_s=F
 from __future__ import annotations
 
 import argparse
+import asyncio
 import bisect
 import json
 import struct
@@ -38,14 +39,17 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
+from agents.trainer import model_config
+from model import ExampleBatch, OnlineModel
 from schemas.kinds import NEGATIVE_KINDS
 from simulator.stream import Simulator
 from simulator.worlds import world_config
@@ -53,6 +57,7 @@ from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
 from tests.benchmarks.harness import INPUT_TOPICS, bench_settings, log, metric, percentile
+from tests.driver import FoldDriver
 from tests.support import WorkerProcess, read_all, start_all, wait_until
 
 #: Events a second the stream is sent at.
@@ -60,9 +65,8 @@ RATE = 1000.0
 #: Share of a run's examples (by publish time) left out of the AUC: the models warm up.
 WARMUP_SHARE = 0.3
 WORKERS = 3
-#: Shared model settings of both modes (a small table keeps snapshots a few MB).
+#: Model settings of both modes (the table size is the plan's).
 MODEL = {
-    "model_buckets": 2**15,
     "device": "cpu",
     "partitions": 6,
     "model_snapshot_every": 50,
@@ -75,15 +79,25 @@ HEADER = struct.Struct("<4sBBQqqIIQQIII")
 
 @dataclass(frozen=True)
 class Plan:
-    """A run's size: impressions drawn, world size, seconds left to drain after sending."""
+    """A run's size: impressions drawn, world size, seconds left to drain after sending, and
+    the model's hashed table size (``NEGSTREAM_MODEL_BUCKETS``) in both modes (``--buckets``).
+
+    2^15 keeps a snapshot at a few MB, so the freshness measured is the trainer's and not
+    that of writing and reading snapshots on a 2-core machine. It is small for the full
+    world, whose 200k impressions hold about 15k items and 96k user x creator pairs: 37 % of
+    the items and 52 % of the pairs share a bucket in the shared model's table, against
+    22 % of the pairs in each local model's (at the default 2^18: 6 %, 9 % and 3 %), which
+    costs the shared model more. The README gives both sizes' figures.
+    """
 
     impressions: int
     users: int
     drain_s: float
+    buckets: int
 
 
-QUICK = Plan(impressions=30_000, users=2_000, drain_s=15.0)
-FULL = Plan(impressions=200_000, users=10_000, drain_s=30.0)
+QUICK = Plan(impressions=30_000, users=2_000, drain_s=15.0, buckets=2**15)
+FULL = Plan(impressions=200_000, users=10_000, drain_s=30.0, buckets=2**15)
 
 
 def stream(plan: Plan, limit: int) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -122,7 +136,9 @@ def run_mode(
     """Process ``events`` with three workers (and a trainer when ``remote``); what the run
     wrote, with the send times."""
     mode = "remote" if remote else "local"
-    base = bench_settings(broker, root / mode, model_source=mode, **MODEL)
+    base = bench_settings(
+        broker, root / mode, model_source=mode, model_buckets=plan.buckets, **MODEL
+    )
     ensure_topics(base)
     workers = [
         WorkerProcess(
@@ -278,14 +294,76 @@ def measure_freshness(run: dict[str, Any]) -> tuple[list[float], int]:
     return delays, missed
 
 
+def replay(plan: Plan, events: list[Any]) -> tuple[float, float]:
+    """``(shared AUC, local AUC)`` of the stream replayed offline, without broker or timing.
+
+    The worker's own fold (:class:`tests.driver.FoldDriver`) joins ``events`` into examples;
+    one model learns them all, and :data:`WORKERS` models each learn the examples of the
+    users of their partitions (the producer's partitioner over the run's partitions, split
+    in contiguous ranges as a range assignor would). Each model scores a batch of 1,024 of
+    its examples, then learns it; the AUC of ``p_negative`` is over the examples after the
+    first :data:`WARMUP_SHARE`. What this leaves out against the live run is freshness.
+    """
+    partitions = int(MODEL["partitions"])
+    settings = Settings(model_buckets=plan.buckets, device="cpu", partitions=partitions)
+    driver = FoldDriver(settings)
+
+    async def fold() -> None:
+        for first in range(0, len(events), settings.batch_size):
+            batch = events[first : first + settings.batch_size]
+            await driver.feed([driver.message(t, k, orjson.dumps(v)) for t, k, v in batch])
+        await driver.finish()
+
+    asyncio.run(fold())
+    examples = driver.captured.examples
+    config = model_config(settings)
+    scores: dict[str, float] = {}
+    for models in (1, WORKERS):
+        shares: list[list[dict[str, Any]]] = [[] for _ in range(models)]
+        for example in examples:
+            partition = (murmur2(example["user_id"].encode()) & 0x7FFFFFFF) % partitions
+            shares[partition * models // partitions].append(example)
+        for share in shares:
+            model = OnlineModel(config)
+            for first in range(0, len(share), 1024):
+                chunk = share[first : first + 1024]
+                batch = ExampleBatch.from_examples(chunk, config)
+                for example, p in zip(chunk, model.p_negative(batch), strict=True):
+                    scores[f"{models}:{example['example_id']}"] = float(p)
+                model.learn_many(batch)
+    cases = examples[int(len(examples) * WARMUP_SHARE) :]
+    labels = [int(any(kind in NEGATIVE_KINDS for kind in e["kinds"])) for e in cases]
+    return tuple(  # type: ignore[return-value]
+        auc(labels, [scores[f"{models}:{e['example_id']}"] for e in cases])
+        for models in (1, WORKERS)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_scale_out", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small world, about 40 s of stream")
+    parser.add_argument(
+        "--buckets", type=int, default=0, help="NEGSTREAM_MODEL_BUCKETS of both modes (2^15)"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="replay the stream through one model and through three, without the broker",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.buckets:
+        plan = replace(plan, buckets=args.buckets)
     seconds = 40.0 if args.quick else 300.0
     events = stream(plan, int(RATE * seconds))
-    log(f"scale-out: {len(events)} events of the heavy world ({plan.users} users)")
+    log(
+        f"scale-out: {len(events)} events of the heavy world ({plan.users} users), "
+        f"model tables of {plan.buckets} buckets"
+    )
+    if args.offline:
+        shared_auc, local_auc = replay(plan, events)
+        print(f"offline: shared_auc={shared_auc:.4f} local_auc={local_auc:.4f}")
+        return
     with tempfile.TemporaryDirectory(prefix="negstream-bench-") as tmp:
         root = Path(tmp)
         broker = EmbeddedBroker(log_path=root / "tansu.log")
