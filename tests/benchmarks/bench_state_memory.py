@@ -3,8 +3,9 @@
 The heavy world's events go through the worker's input pipeline (:class:`tests.driver.
 FoldDriver`: the same fold loop, watermarks and encoder, outputs not kept), in the worker's
 order and batches. Rows, per active user (a user with a stored state): the bytes the stored
-states retain, by :class:`~agents.state.state.UserState` field (each object counted once,
-where first met, so what users share, interned ids and shared candidates, counts once); the
+states retain, by :class:`~agents.state.state.UserState` field, and the states kept
+compressed at rest (each object counted once, where first met, so what users share, interned
+ids and shared candidates, counts once); the
 resident memory the process grew by (the collector's and allocator's slack included); and
 the fold's events per second of CPU time.
 
@@ -28,6 +29,7 @@ import orjson
 from agents.state.state import UserState
 from simulator.stream import IMPRESSIONS_TOPIC, Simulator
 from simulator.worlds import world_config
+from streams.users import Resting
 from tests.benchmarks.harness import rss_bytes
 from tests.driver import FoldDriver
 
@@ -44,6 +46,8 @@ class StateMemory:
     impressions: int
     events: int
     active: int
+    #: Active users whose state is kept compressed at rest.
+    resting: int
     rss_per_user: float
     retained_per_user: float
     #: Retained bytes per active user, by field (``"table"``: the user ids and the table).
@@ -81,7 +85,8 @@ def measure(users: int, impressions: int, seed: int = 0) -> StateMemory:
     )
     gc.collect()
     rss = rss_bytes(os.getpid()) - before
-    stored = {user: state for user, state in driver.users.items()}
+    # As the store holds them: a state at rest stays compressed.
+    stored: dict[str, UserState | Resting] = dict(driver.users.table.data)
     active = max(len(stored), 1)
     by_field = {name: size / active for name, size in retained(stored).items()}
     return StateMemory(
@@ -89,6 +94,7 @@ def measure(users: int, impressions: int, seed: int = 0) -> StateMemory:
         impressions=impressions,
         events=driver.events,
         active=len(stored),
+        resting=sum(isinstance(state, Resting) for state in stored.values()),
         rss_per_user=rss / active,
         retained_per_user=sum(by_field.values()),
         by_field=by_field,
@@ -96,9 +102,9 @@ def measure(users: int, impressions: int, seed: int = 0) -> StateMemory:
     )
 
 
-def retained(states: dict[str, UserState]) -> Counter[str]:
-    """Bytes the states (and the table of them) hold, by field; an object met twice counts
-    once, where it was met first."""
+def retained(states: dict[str, UserState | Resting]) -> Counter[str]:
+    """Bytes the states (and the table of them) hold, by field, those at rest as one row;
+    an object met twice counts once, where it was met first."""
     seen: set[int] = set()
     sizes: Counter[str] = Counter()
     sizes["table"] += _size(states, seen)
@@ -106,6 +112,9 @@ def retained(states: dict[str, UserState]) -> Counter[str]:
         sizes["table"] += _size(user, seen)
     names = [f.name for f in fields(UserState)]
     for state in states.values():
+        if isinstance(state, Resting):
+            sizes["(at rest, compressed)"] += _deep(state, seen)
+            continue
         seen.add(id(state))
         sizes["(the state object)"] += sys.getsizeof(state)
         for name in names:
@@ -146,6 +155,7 @@ def table(result: StateMemory) -> str:
         "|---|---|",
         f"| resident memory growth | {result.rss_per_user:,.0f} B |",
         f"| retained by the stored states | {result.retained_per_user:,.0f} B |",
+        f"| states kept compressed at rest | {result.resting / max(result.active, 1):.0%} |",
     ]
     for name, size in sorted(result.by_field.items(), key=lambda kv: -kv[1]):
         lines.append(f"| &nbsp;&nbsp;{name} | {size:,.0f} B |")
