@@ -15,6 +15,7 @@ from faust.types import Message
 
 from agents.delivery import Ack, OrderedDelivery, Step
 from agents.encoder import OutputEncoder, OutputRecord
+from agents.resting import REST_AFTER_S, RestingStates
 from agents.state import fold
 from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_batch
@@ -84,6 +85,9 @@ class InputPipeline:
         self.delivery = delivery
         self.lane = lane
         self.on_feedback = on_feedback
+        # A state still in a label window and its grace is never compressed.
+        rest_after_s = max(REST_AFTER_S, config.label_window_s + config.grace_s)
+        self.resting = RestingStates(users, rest_after_s)
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
@@ -176,6 +180,7 @@ class InputPipeline:
         self.watermarks.forget_partitions(partitions)
         for partition in partitions:
             self.deadlines.pop(partition, None)
+        self.resting.forget_partitions(partitions)
         self.index_stale = True
 
     async def _process(self, events: list[Message], step: Step) -> None:
@@ -245,6 +250,7 @@ class InputPipeline:
                     self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
         for partition in touched:
             await self.close_due(partition, step)
+        await self.resting.compress_due(watermarks, self.pause)
         _observe(outcomes)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
@@ -266,6 +272,7 @@ class InputPipeline:
         state.partition = partition
         state.watermark = max(state.watermark, watermark)
         self.users.put(user_id, state, partition)
+        self.resting.written(user_id, partition, state)
         deadline = fold.next_deadline(state, self.config)
         if deadline is not None:
             heapq.heappush(self.deadlines[partition], (deadline, user_id))
@@ -330,6 +337,7 @@ class InputPipeline:
                 await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
             for partition in list(self.deadlines):
                 await self.close_due(partition, step)
+            await self.resting.compress_due(self.watermarks, self.pause)
             await self.delivery.queue(step)
 
     async def rebuild_index(self, items: Iterable[tuple[str, Schedule]]) -> None:

@@ -8,6 +8,7 @@ typed: this adapter is the only code that touches the table's private storage.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -20,6 +21,26 @@ View = TypeVar("View")
 #: orjson options of the wire JSON: those of Faust's ``json`` codec, so a changelog written
 #: before the table's values were stored raw reads the same.
 WIRE_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+
+#: zlib level of a state kept compressed at rest: level 1 packs the heavy world's states to
+#: about a quarter of their JSON in about 40 µs; level 6 saves another eighth for half as
+#: much time again.
+REST_LEVEL = 1
+
+
+class Resting:
+    """A stored state kept compressed while it waits for its user's next event: the JSON of
+    its changelog record, zlib-compressed, and what :meth:`UsersStore.views` yields for it.
+    Never changed once built."""
+
+    __slots__ = ("packed", "view")
+
+    def __init__(self, packed: bytes, view: Any) -> None:
+        self.packed, self.view = packed, view
+
+    def wire(self) -> Any:
+        """The state's wire value, as its changelog record holds it."""
+        return orjson.loads(zlib.decompress(self.packed))
 
 
 class UsersStore(Generic[State]):
@@ -48,7 +69,8 @@ class UsersStore(Generic[State]):
         if value is None or isinstance(value, self.state_type):
             return value
         state = self._decoded(value)
-        self._data[user_id] = state
+        if not isinstance(value, Resting):
+            self._data[user_id] = state
         return state
 
     def peek(self, user_id: str) -> State | None:
@@ -59,7 +81,25 @@ class UsersStore(Generic[State]):
         return self._decoded(value)
 
     def _decoded(self, value: Any) -> State:
-        return self.decode(_wire(value))
+        return self.decode(value.wire() if isinstance(value, Resting) else _wire(value))
+
+    def rest(self, user_id: str, view_of: Callable[[State], Any]) -> bool:
+        """Keep the user's stored state compressed until it is replaced, if ``view_of(state)``
+        gives its view (see :meth:`views`) rather than ``None``; return whether it did.
+
+        The compressed form is the state's changelog value: reading it back is what a
+        recovery does. The state object itself is never changed (the fast lane may be
+        reading it from another thread): the table is given a new value (event loop only).
+        """
+        state = self._data.get(user_id)
+        if not isinstance(state, self.state_type):
+            return False  # not stored, not decoded yet, or at rest already
+        view = view_of(state)
+        if view is None:
+            return False
+        packed = zlib.compress(orjson.dumps(self.encode(state), option=WIRE_JSON), REST_LEVEL)
+        self._data[user_id] = Resting(packed, view)
+        return True
 
     def put(self, user_id: str, state: State, partition: int | None = None) -> None:
         """Store ``state`` of a user of ``partition``; its changelog record is written by
@@ -76,7 +116,8 @@ class UsersStore(Generic[State]):
             owners[user_id] = partition
 
     def items(self) -> Iterator[tuple[str, State]]:
-        """Every stored state (event loop only)."""
+        """Every stored state (event loop only; one at rest is decoded for the caller and
+        stays compressed)."""
         for user_id in list(self._data):
             state = self.get(user_id)
             if state is not None:
@@ -86,13 +127,16 @@ class UsersStore(Generic[State]):
         self, of_state: Callable[[State], View], of_wire: Callable[[dict[str, Any]], View]
     ) -> Iterator[tuple[str, View]]:
         """Every stored user's ``of_state(state)``, or ``of_wire(wire value)`` while the
-        user's recovered value is not decoded yet; it stays undecoded (event loop only)."""
+        user's recovered value is not decoded yet (it stays undecoded), or the view its
+        state was put to rest with (event loop only)."""
         for user_id in list(self._data):
             value = self._data.get(user_id)
             if value is None:
                 continue
             if isinstance(value, self.state_type):
                 yield user_id, of_state(value)
+            elif isinstance(value, Resting):
+                yield user_id, value.view
             else:
                 yield user_id, of_wire(_wire(value))
 

@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from sys import intern
 from typing import Final
 
@@ -63,6 +64,19 @@ def item_exposure(item_id: str) -> str:
 def creator_exposure(creator_id: str) -> str:
     """Counter of impressions of one creator's items."""
     return intern("c:" + creator_id)
+
+
+def interned(bucket: Mapping[str, int]) -> dict[str, int]:
+    """``bucket`` with its counter names interned (as the fold makes them), e.g. read from
+    the changelog.
+
+    Examples
+    --------
+    >>> name = "".join(["i:", "i9"])
+    >>> next(iter(interned({name: 1}))) is item_exposure("i9")
+    True
+    """
+    return {intern(name): count for name, count in bucket.items()}
 
 
 def parse(name: str) -> tuple[str, str | None]:

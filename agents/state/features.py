@@ -55,7 +55,8 @@ def now_cut(state: UserState, config: StateConfig) -> int:
 
 def _present(buckets: Buckets, indexes: range) -> list[dict[str, int]]:
     found = (buckets.get(str(index)) for index in indexes)
-    return [bucket for bucket in found if bucket]
+    # Packed buckets (a state at rest, read outside the fold) are unpacked for the read.
+    return [b if isinstance(b, dict) else b.unpacked() for b in found if b]
 
 
 def short_sums(state: UserState, config: StateConfig, cut: int) -> Sums:

@@ -22,7 +22,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from sys import intern
 
-from agents.state import counters, windows
+from agents.state import counters, dedupe, windows
 from agents.state.config import StateConfig
 from agents.state.features import (
     Sums,
@@ -105,8 +105,11 @@ def apply_events(
     while a restarted worker reads a backlog (Kafka orders a user's events per topic).
     """
     state, out = _copy(state), Outputs()
-    _apply(state, events, config, watermark, out)
+    writer = _Counter(state, config)
+    _apply(state, events, config, watermark, out, writer)
+    writer.share_equal()
     _expire(state, config, watermark, out)
+    state.pack_at_rest()
     return state, out
 
 
@@ -144,8 +147,10 @@ def apply_and_advance_in_steps(
     for start in range(0, len(events), max(1, step)):
         _apply(state, events[start : start + step], config, watermark, out, writer)
         yield
+    writer.share_equal()
     _advance(state, watermark, user_id, config, out)
     _expire(state, config, watermark, out)
+    state.pack_at_rest()
     return state, out
 
 
@@ -161,6 +166,7 @@ def advance(
     state, out = _copy(state), Outputs()
     _advance(state, watermark, user_id, config, out)
     _expire(state, config, watermark, out)
+    state.pack_at_rest()
     return state, out
 
 
@@ -172,21 +178,39 @@ class _Counter:
     """Writes counts into a state's buckets, copying each shared bucket once a call; keeps
     the state's suppressions ranked for the fast-path updates of the call."""
 
-    __slots__ = ("config", "owned", "ranked", "state")
+    __slots__ = ("config", "ranked", "state", "written")
 
     def __init__(self, state: UserState, config: StateConfig) -> None:
         self.state, self.config = state, config
-        self.owned: set[tuple[bool, int]] = set()
+        #: The buckets this call writes, by (fine, index): its own copies.
+        self.written: dict[tuple[bool, int], dict[str, int]] = {}
         self.ranked = Ranked()
 
     def bucket(self, fine: bool, index: int) -> dict[str, int]:
-        buckets = self.state.fine if fine else self.state.long
-        key = str(index)
-        if (fine, index) not in self.owned:
-            self.owned.add((fine, index))
+        written = self.written.get((fine, index))
+        if written is None:
+            buckets = self.state.fine if fine else self.state.long
+            key = str(index)
             bucket = buckets.get(key)
-            buckets[key] = {} if bucket is None else dict(bucket)
-        return buckets[key]
+            if bucket is None:
+                # Interned: every user with events in that step shares the key.
+                key, written = intern(key), {}
+            else:
+                written = windows.unpacked(bucket)
+            buckets[key] = self.written[(fine, index)] = written
+        return written
+
+    def share_equal(self) -> None:
+        """Let each long bucket written in this call that holds the same counts as a step
+        bucket written in it hold that step bucket's dict: a user whose events of the long
+        bucket all fell in one step keeps one dict, not two. Call it once the call writes no
+        more: stored buckets are never changed, and the next call copies a bucket before it
+        writes to it."""
+        per_long = self.config.steps_per_long
+        for (fine, index), step in self.written.items():
+            whole = self.written.get((False, index // per_long)) if fine else None
+            if whole is not None and _same_counts(step, whole):
+                self.state.long[str(index // per_long)] = step
 
     def count(self, timestamp: float, totals: list[str], named: list[str], source: str) -> int:
         """Count one event in its step and long buckets; return the names left out."""
@@ -196,6 +220,11 @@ class _Counter:
         long = self.bucket(False, windows.bucket_of(timestamp, config.long_step_s))
         left_out = windows.add(fine, totals, named, source, cap)
         return left_out + windows.add(long, totals, named, source, cap)
+
+
+def _same_counts(a: dict[str, int], b: dict[str, int]) -> bool:
+    # In the same order too, so that the wire form does not change either.
+    return a == b and list(a) == list(b)
 
 
 def feedback_counters(kind: str, creator_id: str | None, category: str | None) -> tuple[
@@ -224,10 +253,10 @@ def _apply(
     writer: _Counter | None = None,
 ) -> None:
     writer = writer or _Counter(state, config)
-    seen = state.seen
+    seen, seen_old = state.seen, state.seen_old
     for event in events:
         kind = "impression" if isinstance(event, Impression) else "feedback"
-        if event.event_id in seen or event.event_id in state.seen_old:
+        if event.event_id in seen or event.event_id in seen_old:
             out.counts["duplicate:" + kind] += 1
             continue
         seen[event.event_id] = event.timestamp
@@ -259,15 +288,9 @@ def _apply_impression(
         )
     )
     candidates = [c for c in state.candidates if c.item_id != imp.item_id]
-    # Ids are interned: every user's candidates and buckets share one string an item.
-    candidates.append(
-        Candidate(intern(imp.item_id), _intern(imp.creator_id), _intern(imp.category))
-    )
+    # Shared: every user's candidate of an item is one object.
+    candidates.append(Candidate.shared(imp.item_id, imp.creator_id, imp.category))
     state.candidates = candidates[-config.candidates_per_user :]
-
-
-def _intern(value: str | None) -> str | None:
-    return None if value is None else intern(value)
 
 
 def _apply_feedback(
@@ -471,7 +494,7 @@ def _trim_seen(state: UserState, config: StateConfig, watermark: float, out: Out
     if overflow > 0:
         out.counts["capped:dedupe_ids"] += overflow
         old = dict(sorted(old.items(), key=lambda kv: kv[1])[overflow:])
-    state.seen_old, state.seen = old, {}
+    state.seen_old, state.seen = dedupe.packed(old), {}
 
 
 __all__ = [

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
+from agents.state import counters, dedupe, windows
 from schemas.events import Suppression
 
 #: Version of :meth:`UserState.to_wire`'s format; older versions are read too.
 WIRE_VERSION = 2
 
-#: A window's buckets: bucket index (as a string, the JSON key) to counter name to count.
-Buckets = dict[str, dict[str, int]]
+#: A window's buckets: bucket index (as a string, the JSON key) to counter name to count
+#: (packed while the state waits for the user's next event, see :meth:`UserState.pack_at_rest`).
+Buckets = dict[str, windows.Bucket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +85,35 @@ class Reaction:
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Candidate:
     """An item recently shown to the user: what the model rescores."""
 
     item_id: str
     creator_id: str | None
     category: str | None
+
+    @classmethod
+    def shared(cls, item_id: str, creator_id: str | None, category: str | None) -> Candidate:
+        """The candidate of these ids, one object for all the users that hold it (while any
+        does), its ids interned: many users' candidates are the same popular items.
+
+        Examples
+        --------
+        >>> Candidate.shared("i1", "c1", None) is Candidate.shared("i1", "c1", None)
+        True
+        """
+        held = _CANDIDATES.get(item_id)
+        candidate = None if held is None else held()
+        if (
+            candidate is None
+            or candidate.creator_id != creator_id
+            or candidate.category != category
+        ):
+            candidate = cls(intern(item_id), _intern(creator_id), _intern(category))
+            key = candidate.item_id
+            _CANDIDATES[key] = weakref.KeyedRef(candidate, _forget_candidate, key)
+        return candidate
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-able form."""
@@ -95,7 +122,23 @@ class Candidate:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> Candidate:
         """Read :meth:`to_wire`'s form."""
-        return cls(wire["item_id"], wire.get("creator_id"), wire.get("category"))
+        return cls.shared(wire["item_id"], wire.get("creator_id"), wire.get("category"))
+
+
+#: Candidates held by some user, by item id, weakly: an item no user holds any more goes.
+#: (A dict of references rather than a WeakValueDictionary, whose lookup is Python code:
+#: every impression looks its item up.)
+_CANDIDATES: dict[str, weakref.KeyedRef[str, Candidate]] = {}
+
+
+def _forget_candidate(held: weakref.KeyedRef[str, Candidate]) -> None:
+    # The item may hold a newer candidate by now (another creator or category): keep that.
+    if _CANDIDATES.get(held.key) is held:
+        _CANDIDATES.pop(held.key, None)
+
+
+def _intern(value: str | None) -> str | None:
+    return None if value is None else intern(value)
 
 
 def _suppression_wire(suppression: Suppression) -> list[Any]:
@@ -107,9 +150,15 @@ def _suppression_wire(suppression: Suppression) -> list[Any]:
 
 def _suppression(wire: list[Any] | dict[str, Any]) -> Suppression:
     if isinstance(wire, dict):
-        return Suppression(**wire)
+        wire = [wire[name] for name in _SUPPRESSION_FIELDS]
     target_type, target_id, penalty, expires_at, reason = wire
-    return Suppression(target_type, target_id, float(penalty), float(expires_at), reason)
+    # Interned as the fold makes them: targets and reasons repeat across users.
+    return Suppression(
+        intern(target_type), intern(target_id), float(penalty), float(expires_at), intern(reason)
+    )
+
+
+_SUPPRESSION_FIELDS = ("target_type", "target_id", "penalty", "expires_at", "reason")
 
 
 @dataclass(slots=True)
@@ -134,8 +183,9 @@ class UserState:
     #: Recent event ids -> event time, for dedupe; merged into :attr:`seen_old` in chunks so
     #: that a copy only copies the recent ones.
     seen: dict[str, float] = field(default_factory=dict)
-    #: Older event ids; never changed in place (replaced whole when merged).
-    seen_old: dict[str, float] = field(default_factory=dict)
+    #: Older event ids; never changed in place (replaced whole when merged), packed while
+    #: small (:func:`agents.state.dedupe.packed`).
+    seen_old: Mapping[str, float] = field(default_factory=lambda: dedupe.EMPTY)
     #: Step-sized buckets (``window_step_s``) of the recent past, and long-window buckets.
     fine: Buckets = field(default_factory=dict)
     long: Buckets = field(default_factory=dict)
@@ -157,15 +207,17 @@ class UserState:
         """A copy whose containers the fold may change.
 
         Window buckets are shared until written (the fold copies the one it adds to), and
-        :attr:`seen_old` until merged; list entries are immutable.
+        :attr:`seen_old` until merged; list entries are immutable. Packed buckets (of a
+        state at rest) are unpacked: the fold reads buckets as dicts.
         """
+        at_rest = not self.pending and not self.reactions
         return UserState(
             self.clock,
             dict(self.topic_clock),
             dict(self.seen),
             self.seen_old,
-            dict(self.fine),
-            dict(self.long),
+            windows.unpack(self.fine) if at_rest else dict(self.fine),
+            windows.unpack(self.long) if at_rest else dict(self.long),
             list(self.pending),
             list(self.reactions),
             list(self.candidates),
@@ -176,6 +228,14 @@ class UserState:
             self.watermark,
         )
 
+    def pack_at_rest(self) -> None:
+        """Pack the window buckets when no label window is open: the state then waits,
+        often for long, for the user's next event, and packed buckets take about a third of
+        the memory. Only the fold calls it, on the state it made (stored states never
+        change); :meth:`copy` unpacks them."""
+        if not self.pending and not self.reactions:
+            self.fine, self.long = windows.pack(self.fine, self.long)
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON-able changelog value."""
         return {
@@ -183,9 +243,9 @@ class UserState:
             "clock": self.clock,
             "topic_clock": self.topic_clock,
             "seen": self.seen,
-            "seen_old": self.seen_old,
-            "fine": self.fine,
-            "long": self.long,
+            "seen_old": _plain(self.seen_old),
+            "fine": _plain_buckets(self.fine),
+            "long": _plain_buckets(self.long),
             "pending": [p.to_wire() for p in self.pending],
             "reactions": [r.to_wire() for r in self.reactions],
             "candidates": [c.to_wire() for c in self.candidates],
@@ -208,9 +268,9 @@ class UserState:
             float(wire.get("clock", 0.0)),
             dict(wire.get("topic_clock") or {}),
             dict(wire.get("seen") or {}),
-            dict(wire.get("seen_old") or {}),
-            dict(wire.get("fine") or wire.get("short") or {}),
-            dict(wire.get("long") or {}),
+            dedupe.packed(wire.get("seen_old") or {}),
+            _buckets(wire.get("fine") or wire.get("short") or {}),
+            _buckets(wire.get("long") or {}),
             [Pending.from_wire(p) for p in wire.get("pending") or ()],
             [Reaction.from_wire(r) for r in wire.get("reactions") or wire.get("orphans") or ()],
             [Candidate.from_wire(c) for c in wire.get("candidates") or ()],
@@ -220,6 +280,20 @@ class UserState:
             int(wire.get("partition", 0)),
             float(wire.get("watermark", 0.0)),
         )
+
+
+def _plain(seen: Mapping[str, float]) -> dict[str, float]:
+    return seen if isinstance(seen, dict) else dict(seen.items())
+
+
+def _plain_buckets(buckets: Buckets) -> dict[str, dict[str, int]]:
+    return {index: windows.readable(bucket) for index, bucket in buckets.items()}
+
+
+def _buckets(wire: dict[str, dict[str, int]]) -> Buckets:
+    # Bucket indexes and counter names interned, as the fold makes them: a recovered state
+    # then shares them with every other user's.
+    return {intern(index): counters.interned(bucket) for index, bucket in wire.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from operator import attrgetter
+from sys import intern
 
 from agents.state import counters
 from agents.state.config import StateConfig
@@ -50,9 +51,11 @@ def suppressions_for(
     """
     if fb.kind not in STRONG_NEGATIVE:
         return []
+    # Ids and reasons interned: users keep suppressions for days, many on the same targets.
+    kind = intern(fb.kind)
     new = [
         Suppression(
-            "item", fb.item_id, ITEM_PENALTY, fb.timestamp + config.suppression_ttl_s, fb.kind
+            "item", intern(fb.item_id), ITEM_PENALTY, fb.timestamp + config.suppression_ttl_s, kind
         )
     ]
     long = None
@@ -63,18 +66,20 @@ def suppressions_for(
         repeats = more_creator
         if long is not None:
             repeats += long.get(counters.creator_negatives(fb.creator_id))
+        creator = intern(fb.creator_id)
         if fb.kind in CREATOR_TARGETED:
-            new.append(Suppression("creator", fb.creator_id, 1.0, group_expiry, fb.kind))
+            new.append(Suppression("creator", creator, 1.0, group_expiry, kind))
         elif repeats >= CREATOR_REPEAT:
-            reason = f"repeated_negatives:{repeats}"
-            new.append(Suppression("creator", fb.creator_id, CREATOR_PENALTY, group_expiry, reason))
+            reason = intern(f"repeated_negatives:{repeats}")
+            new.append(Suppression("creator", creator, CREATOR_PENALTY, group_expiry, reason))
     if fb.category is not None:
         repeats = more_category
         if long is not None:
             repeats += long.get(counters.category_negatives(fb.category))
         if repeats >= CATEGORY_REPEAT:
-            reason = f"repeated_negatives:{repeats}"
-            new.append(Suppression("category", fb.category, CATEGORY_PENALTY, group_expiry, reason))
+            reason = intern(f"repeated_negatives:{repeats}")
+            category = intern(fb.category)
+            new.append(Suppression("category", category, CATEGORY_PENALTY, group_expiry, reason))
     return new
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from array import array
+from collections.abc import ItemsView, Iterator, Mapping
 
 
 def bucket_of(timestamp: float, step: float) -> int:
@@ -91,7 +93,7 @@ def merge(buckets: dict[str, dict[str, int]], window: range) -> dict[str, int]:
     return merged
 
 
-def expire(buckets: dict[str, dict[str, int]], oldest: int) -> int:
+def expire(buckets: dict[str, Bucket], oldest: int) -> int:
     """Drop buckets older than index ``oldest``; return how many were dropped.
 
     Examples
@@ -104,3 +106,104 @@ def expire(buckets: dict[str, dict[str, int]], oldest: int) -> int:
     for key in stale:
         del buckets[key]
     return len(stale)
+
+
+class PackedBucket(Mapping[str, int]):
+    """A bucket's counters packed, in order, for a state that waits for the user's next
+    event: its names (interned, so shared with every other user's) and its counts in one
+    bytes object (one byte a count while all are under 256). About 10 bytes a counter
+    against a dict's 33; :meth:`unpacked` gives the dict back.
+
+    Examples
+    --------
+    >>> packed = PackedBucket({"imp": 3, "i:a": 300})
+    >>> packed.unpacked(), packed["i:a"], packed == {"i:a": 300, "imp": 3}
+    ({'imp': 3, 'i:a': 300}, 300, True)
+    """
+
+    __slots__ = ("_counts", "_names")
+
+    def __init__(self, bucket: Mapping[str, int]) -> None:
+        self._names = tuple(bucket)
+        counts: bytes | array[int]
+        try:
+            counts = bytes(bucket.values())
+        except ValueError:  # a count over 255
+            counts = array("q", bucket.values())
+        self._counts = counts
+
+    def unpacked(self) -> dict[str, int]:
+        """The bucket as a dict, names in the same order."""
+        return dict(zip(self._names, self._counts, strict=True))
+
+    def __getitem__(self, name: str) -> int:
+        try:
+            return self._counts[self._names.index(name)]
+        except ValueError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def items(self) -> ItemsView[str, int]:
+        """The ``(name, count)`` pairs, in order, read in one pass."""
+        return _Items(self)
+
+    def __repr__(self) -> str:
+        return f"PackedBucket({self.unpacked()!r})"
+
+
+class _Items(ItemsView[str, int]):
+    __slots__ = ()
+    _mapping: PackedBucket
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return zip(self._mapping._names, self._mapping._counts, strict=True)
+
+
+#: A bucket as the fold writes it, or packed while its state waits.
+Bucket = dict[str, int] | PackedBucket
+
+
+def unpacked(bucket: Bucket) -> dict[str, int]:
+    """A dict of ``bucket``'s counters the caller may change."""
+    return dict(bucket) if isinstance(bucket, dict) else bucket.unpacked()
+
+
+def readable(bucket: Bucket) -> dict[str, int]:
+    """``bucket`` as a dict to read (itself when it is one)."""
+    return bucket if isinstance(bucket, dict) else bucket.unpacked()
+
+
+def unpack(buckets: dict[str, Bucket]) -> dict[str, Bucket]:
+    """A copy of ``buckets`` with every packed bucket unpacked (dicts stay shared)."""
+    return {index: readable(bucket) for index, bucket in buckets.items()}
+
+
+def pack(*tables: dict[str, Bucket]) -> list[dict[str, Bucket]]:
+    """``tables`` (bucket index to bucket) with every bucket packed; a dict that two
+    buckets share stays shared once packed.
+
+    Examples
+    --------
+    >>> counts = {"imp": 1}
+    >>> fine, long = pack({"7": counts}, {"0": counts})
+    >>> fine["7"] is long["0"], fine["7"] == counts
+    (True, True)
+    """
+    done: dict[int, PackedBucket] = {}
+    result = []
+    for buckets in tables:
+        packed: dict[str, Bucket] = {}
+        for index, bucket in buckets.items():
+            if isinstance(bucket, dict):
+                packed_bucket = done.get(id(bucket))
+                if packed_bucket is None:
+                    packed_bucket = done[id(bucket)] = PackedBucket(bucket)
+                bucket = packed_bucket
+            packed[index] = bucket
+        result.append(packed)
+    return result

@@ -14,7 +14,6 @@ fast-path update it caused, the event loop's longest hold and the rebalances.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -32,6 +31,7 @@ from simulator.stream import IMPRESSIONS_TOPIC, Simulator
 from simulator.worlds import HEAVY_QUICK_IMPRESSIONS, world_config
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
+from tests.benchmarks import bench_state_memory as state_memory
 from tests.benchmarks.harness import bench_settings, metric, rss_bytes
 from tests.support import WorkerProcess, consume, produce
 
@@ -191,31 +191,6 @@ def run_world(
     )
 
 
-def state_memory(users: int, impressions: int, seed: int) -> tuple[int, float]:
-    """Active users, and resident bytes per active user, of the per-user state after the
-    heavy world with ``users`` users is folded in-process by the worker's input pipeline
-    (outputs not kept; the model is not part of it)."""
-    import gc
-
-    from tests.driver import FoldDriver
-
-    # Ground truth is not kept: only the worker's state should grow.
-    config = world_config("heavy", n_users=users, seed=seed, keep_ground_truth=False)
-    simulator = Simulator(config)
-    driver = FoldDriver(capture=False)
-    gc.collect()
-    before = rss_bytes(os.getpid())
-    topics = {IMPRESSIONS_TOPIC: "impressions"}
-    driver.run(
-        (topics.get(e.topic, "feedback"), e.key.encode(), orjson.dumps(e.value), 0)
-        for e in simulator.events(impressions)
-        if isinstance(e.value, dict)
-    )
-    gc.collect()
-    active = len(driver.users)
-    return active, (rss_bytes(os.getpid()) - before) / max(active, 1)
-
-
 def table(results: Sequence[Result]) -> str:
     """The results as a Markdown table."""
     head = ("world", "events", "users", "events/s", "examples", "impressions", "duplicates",
@@ -266,10 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"## backfill ({impressions:,} impressions a world, seed {args.seed})\n")
     print(table([heavy, uniform]))
     if not args.quick and args.memory_users:
-        active, per_user = state_memory(args.memory_users, args.memory_impressions, args.seed)
+        memory = state_memory.measure(args.memory_users, args.memory_impressions, args.seed)
         print(f"\nper-user state, heavy world of {args.memory_users:,} users, "
-              f"{args.memory_impressions:,} impressions folded in-process: {active:,} active "
-              f"users, {per_user:,.0f} B resident per active user")  # fmt: skip
+              f"{args.memory_impressions:,} impressions folded in-process: {memory.active:,} "
+              f"active users, {memory.rss_per_user:,.0f} B resident per active user "
+              f"({memory.retained_per_user:,.0f} B retained by the states)")  # fmt: skip
     print(
         f"\nbackfill: events={heavy.events} events_per_s={heavy.events_per_s:.0f} "
         f"uniform_events_per_s={uniform.events_per_s:.0f} examples={heavy.examples} "

@@ -1,0 +1,97 @@
+"""States at rest: a user's stored state kept compressed once its partition's event time has
+moved on without it."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+
+from agents.state.state import Schedule, UserState
+from streams.users import UsersStore
+
+#: Event-time seconds a user's state is left as the fold wrote it before it is compressed.
+#: Longer than a label window and its grace, so that a session's states, and those its
+#: label windows close, are not compressed between two of its events; most users then
+#: wait hours or days for their next session.
+REST_AFTER_S = 900.0
+#: Most states compressed a call (about 0.1 ms each), so that one call stays short however
+#: many states came due at once (after a jump of the watermark); the rest wait for the next.
+COMPRESS_PER_CALL = 256
+#: Most notes looked at a call.
+LOOKS_PER_CALL = 4096
+
+
+class RestingStates:
+    """Which stored states to keep compressed, and when.
+
+    A user whose state is written is noted, once, by partition, with the watermark at which
+    that state comes due; :meth:`compress_due` compresses the states come due, and notes
+    again, due later, a user written since. So the notes are at most one a user written in
+    the last :attr:`rest_after_s` of event time, and the work is O(1) a write. Users due at
+    the same watermark (those a batch wrote) share one list: a note costs a list slot and
+    a set entry.
+    """
+
+    def __init__(self, users: UsersStore[UserState], rest_after_s: float = REST_AFTER_S) -> None:
+        self.users = users
+        self.rest_after_s = rest_after_s
+        #: By partition, (due watermark, users) in the order noted.
+        self.due: dict[int, deque[tuple[float, list[str]]]] = {}
+        self.noted: set[str] = set()
+
+    def written(self, user_id: str, partition: int, state: UserState) -> None:
+        """``state`` was stored for ``user_id`` (its ``watermark`` set)."""
+        if user_id not in self.noted:
+            self._note(user_id, partition, state.watermark + self.rest_after_s)
+
+    def _note(self, user_id: str, partition: int, due: float) -> None:
+        queue = self.due.get(partition)
+        if queue is None:
+            queue = self.due[partition] = deque()
+        if queue and queue[-1][0] == due:
+            queue[-1][1].append(user_id)
+        else:
+            queue.append((due, [user_id]))
+        self.noted.add(user_id)
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the notes of partitions this worker no longer owns."""
+        for partition in partitions:
+            for _, users in self.due.pop(partition, ()):
+                self.noted.difference_update(users)
+
+    async def compress_due(
+        self, watermark: Callable[[int], float], pause: Callable[[], Awaitable[None]]
+    ) -> int:
+        """Compress the states come due at each partition's ``watermark``, at most
+        :data:`COMPRESS_PER_CALL` of them, calling ``pause`` after each; return how many."""
+        compressed = looks = 0
+        for partition, queue in list(self.due.items()):
+            mark = watermark(partition)
+            while queue and queue[0][0] <= mark:
+                users = queue[0][1]
+                if not users:
+                    queue.popleft()
+                    continue
+                if compressed >= COMPRESS_PER_CALL or looks >= LOOKS_PER_CALL:
+                    return compressed
+                looks += 1
+                user_id = users.pop()
+                self.noted.discard(user_id)
+                if self.users.rest(user_id, self._view_at(user_id, partition, mark)):
+                    compressed += 1
+                    await pause()
+        return compressed
+
+    def _view_at(
+        self, user_id: str, partition: int, mark: float
+    ) -> Callable[[UserState], Schedule | None]:
+        def view_of(state: UserState) -> Schedule | None:
+            due = state.watermark + self.rest_after_s
+            if due <= mark:
+                return Schedule.of(state)
+            # Written since it was noted (a newer watermark): due later.
+            self._note(user_id, partition, due)
+            return None
+
+        return view_of
