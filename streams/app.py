@@ -66,6 +66,7 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.metrics_port,
         web_in_thread=False,
         table_standby_replicas=0,
+        recovery_consistency_check=settings.recovery_consistency_check,
     )
     app.negstream_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     return app

@@ -150,6 +150,11 @@ class Settings:
     """NEGSTREAM_HEARTBEAT_S: consumer heartbeat interval (Tansu: 0.5; Kafka: 3)."""
     producer_max_batch_size: int = 1
     """NEGSTREAM_PRODUCER_MAX_BATCH_SIZE: producer batch bytes (Tansu: 1; Kafka: 16384+)."""
+    recovery_consistency_check: bool = False
+    """NEGSTREAM_RECOVERY_CONSISTENCY_CHECK: stop a table recovery that finds a changelog's
+    end below an offset already read from it, as a sign of a truncated or recreated topic
+    (Tansu: false, since it reports the end short when the last batch holds several records;
+    Kafka: true)."""
     output_linger_ms: int = 2
     """NEGSTREAM_OUTPUT_LINGER_MS: batching delay of examples and score updates."""
     fast_lane: bool = True

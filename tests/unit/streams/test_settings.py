@@ -3,10 +3,13 @@ the data-parallel trainer's rank, world and rendezvous are checked together."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 import pytest
 from faust.transport.drivers.aiokafka import server_list
 
+from streams.app import build_app
 from streams.settings import Settings, SettingsError
 
 ACCEPTED = {
@@ -89,3 +92,13 @@ def test_a_rank_of_a_data_parallel_trainer_is_accepted() -> None:
     env = {"NEGSTREAM_TRAINER_WORLD": "3", "NEGSTREAM_TRAINER_RANK": "2"}
     settings = Settings.from_env(env | {"NEGSTREAM_TRAINER_RENDEZVOUS": "tcp://trainer-0:29500"})
     assert (settings.trainer_rank, settings.trainer_world) == (2, 3)
+
+
+@pytest.mark.parametrize("raw, expected", [(None, False), ("true", True), ("false", False)])
+def test_the_recovery_consistency_check_reaches_faust(
+    raw: str | None, expected: bool, tmp_path: Path
+) -> None:
+    environ = {} if raw is None else {"NEGSTREAM_RECOVERY_CONSISTENCY_CHECK": raw}
+    settings = Settings.from_env(environ, data_dir=str(tmp_path))
+    assert settings.recovery_consistency_check is expected
+    assert build_app(settings).conf.recovery_consistency_check is expected
