@@ -112,6 +112,11 @@ def heads_of(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([columns[index] for index in range(len(HEADS))], dim=1)
 
 
+def _heads_array(logits: torch.Tensor) -> npt.NDArray[np.float32]:
+    """:func:`heads_of` the (detached) ``logits``, as a ``float32`` array on the host."""
+    return heads_of(logits).to("cpu").numpy().astype(np.float32)
+
+
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     try:
         # fused: one kernel for all MLP tensors instead of a Python loop over them (~1 ms a
@@ -288,10 +293,28 @@ class OnlineModel:
         this once a step, with an empty batch when it has nothing (see
         :mod:`model.distributed`); with none anywhere it is a no-op on every rank.
         """
+        self._learn(self._as_examples(batch), predict=False)
+
+    def predict_then_learn(
+        self, batch: ExampleBatch | Sequence[Mapping[str, Any]]
+    ) -> npt.NDArray[np.float32]:
+        """Test-then-train: :meth:`predict_many` of ``batch``, then :meth:`learn_many` of it;
+        returns the predictions, made before the batch was learned.
+
+        The batch is featurised once, and on one process (no ``group``) without sampled extra
+        negatives its forward pass gives both the predictions and the step's loss: the same
+        numbers as the two calls, for about the cost of the second.
+        """
         examples = self._as_examples(batch)
+        predictions = self._learn(examples, predict=True)
+        assert predictions is not None
+        return predictions
+
+    def _learn(self, examples: ExampleBatch, predict: bool) -> npt.NDArray[np.float32] | None:
+        """:meth:`learn_many`; with ``predict``, the batch's predictions made before it."""
         group = self.group
         if group is None and len(examples) == 0:
-            return
+            return self.predict_many(examples) if predict else None
         n = len(examples)
         wide_rows = self._wide.rows(examples)
         inputs = self._wide.inputs(examples, wide_rows)
@@ -303,6 +326,12 @@ class OnlineModel:
             if len(extra):
                 rows = ExampleBatch.concat([examples, extra])
                 wide = torch.cat([inputs, self._wide.inputs(extra, self._wide.rows(extra))])
+        predictions: npt.NDArray[np.float32] | None = None
+        # The step's forward pass over this batch alone, on this process alone, is the
+        # prediction's; with other rows in the step, the prediction is its own pass.
+        shared_forward = group is None and rows is examples
+        if predict and not shared_forward:
+            predictions = self.predict_many(examples)
         ids, bias_rows = self._tensors(rows)
         targets = _internal_targets(torch.from_numpy(rows.targets).to(self.device))
         row_weights = torch.from_numpy(rows.weights).to(self.device)
@@ -316,7 +345,7 @@ class OnlineModel:
             sizes = group.gather_values(mine)
             learned, all_rows = (int(sum(rank[k] for rank in sizes)) for k in range(2))
             if learned == 0:
-                return
+                return predictions
             weighted, count = (sum(rank[k] for rank in sizes) for k in (2, 3))
             mean = weighted / max(count, 1.0)
         weights = _internal_weights(targets, row_weights, mean)
@@ -325,7 +354,10 @@ class OnlineModel:
         net.train()
         embedded = net.embed(ids)
         residual = net(embedded, wide, bias_rows, all_rows) * self._blend()
-        loss = _loss(base + residual, targets, weights, all_rows)
+        logits = base + residual
+        if predict and shared_forward:
+            predictions = _heads_array(logits.detach())
+        loss = _loss(logits, targets, weights, all_rows)
         if self.config.adversarial_eps > 0:
             loss = loss + self.config.adversarial_weight * self._adversarial_loss(
                 loss, ids, embedded, wide, bias_rows, base, targets, weights, all_rows
@@ -361,6 +393,7 @@ class OnlineModel:
             self.changes.mark(RATE_ROWS, wide_rows)
         self.version += 1
         self.examples_seen += learned
+        return predictions
 
     def _adversarial_loss(
         self,
@@ -399,7 +432,7 @@ class OnlineModel:
         self._net.eval()
         residual = self._net(self._net.embed(ids), wide, bias_rows) * self._blend()
         logits = self._wide.logits(wide) + residual
-        return heads_of(logits).to("cpu").numpy().astype(np.float32)
+        return _heads_array(logits)
 
     def p_negative(
         self, batch: CandidateBatch | Sequence[Mapping[str, Any]]
