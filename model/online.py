@@ -126,14 +126,15 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
-def _detached_cpu(value: Any) -> Any:
-    """Deep copy with tensors cloned to cpu, so a snapshot never aliases live parameters."""
+def _detached_cpu(value: Any, copy: bool = True) -> Any:
+    """Deep copy with tensors cloned to cpu, so a snapshot never aliases live parameters
+    (``copy=False``: tensors already on cpu are shared, not cloned)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=copy)
     if isinstance(value, Mapping):
-        return {key: _detached_cpu(item) for key, item in value.items()}
+        return {key: _detached_cpu(item, copy) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_detached_cpu(item) for item in value)
+        return type(value)(_detached_cpu(item, copy) for item in value)
     return value
 
 
@@ -440,19 +441,22 @@ class OnlineModel:
         """Probability of any negative reaction, ``1 - (1 - p_explicit)(1 - p_implicit)``."""
         return p_negative(self.predict_many(batch)).astype(np.float32, copy=False)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, copy: bool = True) -> dict[str, Any]:
         """Snapshot of weights, optimiser state, RNG, config, ``version`` and ``examples_seen``.
 
         Tensors are copied to cpu, so the snapshot stays valid while training goes on and loads
-        on a machine without the training device.
+        on a machine without the training device. With ``copy=False`` tensors already on cpu
+        are the model's own: the same contents for a caller done with the snapshot before the
+        model learns again (a checkpoint written on the thread that trains it), without
+        copying the tables.
         """
         return {
             "config": self.config.to_dict(),
             "version": self.version,
             "examples_seen": self.examples_seen,
-            "network": _detached_cpu(self._net.state_dict()),
-            "wide": self._wide.state_dict(),
-            "optimizers": [_detached_cpu(opt.state_dict()) for opt in self._optimizers],
+            "network": _detached_cpu(self._net.state_dict(), copy),
+            "wide": self._wide.state_dict(copy=copy),
+            "optimizers": [_detached_cpu(opt.state_dict(), copy) for opt in self._optimizers],
             "rng": _detached_cpu(self._rng.bit_generator.state),
         }
 

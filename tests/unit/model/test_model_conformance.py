@@ -148,6 +148,24 @@ def test_state_dict_is_a_snapshot(make_toy_stream: Any) -> None:
     assert torch.equal(state["network"]["table.weight"], before)
 
 
+def test_state_dict_without_copies_saves_the_same_checkpoint(
+    factory: Factory, make_toy_stream: Any, tmp_path: Path
+) -> None:
+    model = factory()
+    for batch in _stream(make_toy_stream)[:2]:
+        model.learn_many(batch)
+    copied, shared = model.state_dict(), model.state_dict(copy=False)
+    pairs = list(zip(_tensors(copied), _tensors(shared), strict=True))
+    assert all(torch.equal(left, right) for left, right in pairs)
+    live = {t.data_ptr() for t in _tensors(shared) if t.numel()}
+    assert not live & {t.data_ptr() for t in _tensors(copied) if t.numel()}, "not copied"
+    assert model.network.table.weight.data_ptr() in live, "the table was copied anyway"
+    save_checkpoint(tmp_path / "copied", {"model": copied})
+    save_checkpoint(tmp_path / "shared", {"model": shared})
+    (left,), (right,) = (list((tmp_path / name).iterdir()) for name in ("copied", "shared"))
+    assert left.read_bytes() == right.read_bytes()
+
+
 def test_checkpoint_round_trip(factory: Factory, make_toy_stream: Any, tmp_path: Path) -> None:
     trained = factory()
     stream = _stream(make_toy_stream)
