@@ -180,7 +180,9 @@ class Trainer:
         recent = list(self.seen)[-CHECKPOINTED_IDS:]
         self.store.save(
             {
-                "model": self.model.state_dict(),
+                # Written out before the model learns again (both on the model thread), so
+                # the live tensors are saved as they are, not copied first.
+                "model": self.model.state_dict(copy=False),
                 "offsets": dict(self.offsets),
                 "seen_examples": recent,
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -50,6 +51,16 @@ def squash(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
+def _column(rows: Sequence[Mapping[str, Any]], key: str, default: Any = None) -> list[Any]:
+    """``row.get(key, default)`` of every row."""
+    try:
+        # Decoded records are dicts: dict.get mapped over them runs in C, no frame per row.
+        records = typing.cast(Sequence[dict[str, Any]], rows)
+        return list(map(dict.get, records, itertools.repeat(key), itertools.repeat(default)))
+    except TypeError:
+        return [row.get(key, default) for row in rows]
+
+
 def _dense(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...]) -> npt.NDArray[np.float32]:
     if not names:
         return np.zeros((len(rows), 0), dtype=np.float32)
@@ -58,14 +69,18 @@ def _dense(rows: Sequence[Mapping[str, Any]], names: tuple[str, ...]) -> npt.NDA
     def values(row: Mapping[str, Any]) -> tuple[float, ...]:
         table = row.get("features") or _EMPTY
         try:
-            # Fast path: producers normally send every feature; a KeyError costs ~1 us.
             found: tuple[float, ...] = getter(table)
         except KeyError:
             return tuple(table.get(name, 0.0) for name in names)
         return found
 
+    try:
+        # Fast path: producers normally send every feature, so one getter over all the rows.
+        found = list(map(getter, _column(rows, "features")))
+    except (KeyError, TypeError):
+        found = list(map(values, rows))
     # Building float64 then casting measured ~3x faster than asking numpy for float32 directly.
-    dense = np.array(list(map(values, rows)), dtype=np.float64).reshape(len(rows), len(names))
+    dense = np.array(found, dtype=np.float64).reshape(len(rows), len(names))
     return squash(dense.astype(np.float32))
 
 
@@ -115,7 +130,7 @@ class CandidateBatch:
         (2, [0, 0], [[1.386], [0.0]])
         """
         user, item, creator, category = (
-            hasher.hash_many([row.get(key) for row in rows])
+            hasher.hash_many(_column(rows, key))
             for hasher, key in zip(
                 _hashers(config.buckets),
                 ("user_id", "item_id", "creator_id", "category"),
@@ -223,18 +238,14 @@ class ExampleBatch(CandidateBatch):
         """
         candidates = CandidateBatch.from_rows(examples, config)
         n = len(examples)
-        other_kinds = [
-            (row, kind)
-            for row, example in enumerate(examples)
-            for kind in example.get("kinds") or ()
-        ]
-        kinds = [example["label"] for example in examples] + [kind for _, kind in other_kinds]
+        observed = [kinds or () for kinds in _column(examples, "kinds")]
+        kinds = list(map(operator.itemgetter("label"), examples))
+        kinds += itertools.chain.from_iterable(observed)
+        # Row of each kind: every row's label, then each row's observed kinds in turn.
         rows = np.concatenate(
             [
                 np.arange(n, dtype=np.int64),
-                np.fromiter(
-                    (row for row, _ in other_kinds), dtype=np.int64, count=len(other_kinds)
-                ),
+                np.repeat(np.arange(n, dtype=np.int64), list(map(len, observed))),
             ]
         )
         heads = np.fromiter(
@@ -252,7 +263,7 @@ class ExampleBatch(CandidateBatch):
         worst = np.zeros(n, dtype=np.float32)
         np.maximum.at(worst, rows[known], kind_severity[known])
         worst[targets.max(axis=1, initial=0.0) == 0] = 1.0
-        given = np.array([example.get("weight", np.nan) for example in examples], dtype=np.float32)
+        given = np.array(_column(examples, "weight", np.nan), dtype=np.float32)
         weights = np.where(np.isnan(given), worst, given).astype(np.float32, copy=False)
         return cls(
             candidates.user,

@@ -119,12 +119,13 @@ class RateTable:
         ``(count + strength * prior) / (impressions + strength)``."""
         return smoothed(self.read(rows), self.prior(), strength)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Counts, write times, totals and the example clock (tensors copied to cpu)."""
+    def state_dict(self, *, copy: bool = True) -> dict[str, Any]:
+        """Counts, write times, totals and the example clock (tensors copied to cpu;
+        ``copy=False``: tensors already on cpu shared)."""
         return {
-            "counts": self.counts.detach().to("cpu", copy=True),
-            "touched": self.touched.detach().to("cpu", copy=True),
-            "totals": self.totals.detach().to("cpu", copy=True),
+            "counts": self.counts.detach().to("cpu", copy=copy),
+            "touched": self.touched.detach().to("cpu", copy=copy),
+            "totals": self.totals.detach().to("cpu", copy=copy),
             "seen": self.seen,
         }
 

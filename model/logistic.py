@@ -166,11 +166,11 @@ class OnlineLogistic:
         curvature = design.T.unsqueeze(0) @ (spread.T.unsqueeze(2) * design.unsqueeze(0))
         return curvature.to(torch.float64)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Weights and curvature (copied to cpu)."""
+    def state_dict(self, *, copy: bool = True) -> dict[str, Any]:
+        """Weights and curvature (copied to cpu; ``copy=False``: cpu tensors shared)."""
         return {
-            "weights": self.weights.detach().to("cpu", copy=True),
-            "curvature": self.curvature.detach().to("cpu", copy=True),
+            "weights": self.weights.detach().to("cpu", copy=copy),
+            "curvature": self.curvature.detach().to("cpu", copy=copy),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

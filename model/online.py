@@ -112,6 +112,11 @@ def heads_of(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack([columns[index] for index in range(len(HEADS))], dim=1)
 
 
+def _heads_array(logits: torch.Tensor) -> npt.NDArray[np.float32]:
+    """:func:`heads_of` the (detached) ``logits``, as a ``float32`` array on the host."""
+    return heads_of(logits).to("cpu").numpy().astype(np.float32)
+
+
 def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     try:
         # fused: one kernel for all MLP tensors instead of a Python loop over them (~1 ms a
@@ -121,14 +126,15 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
-def _detached_cpu(value: Any) -> Any:
-    """Deep copy with tensors cloned to cpu, so a snapshot never aliases live parameters."""
+def _detached_cpu(value: Any, copy: bool = True) -> Any:
+    """Deep copy with tensors cloned to cpu, so a snapshot never aliases live parameters
+    (``copy=False``: tensors already on cpu are shared, not cloned)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=copy)
     if isinstance(value, Mapping):
-        return {key: _detached_cpu(item) for key, item in value.items()}
+        return {key: _detached_cpu(item, copy) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_detached_cpu(item) for item in value)
+        return type(value)(_detached_cpu(item, copy) for item in value)
     return value
 
 
@@ -288,10 +294,28 @@ class OnlineModel:
         this once a step, with an empty batch when it has nothing (see
         :mod:`model.distributed`); with none anywhere it is a no-op on every rank.
         """
+        self._learn(self._as_examples(batch), predict=False)
+
+    def predict_then_learn(
+        self, batch: ExampleBatch | Sequence[Mapping[str, Any]]
+    ) -> npt.NDArray[np.float32]:
+        """Test-then-train: :meth:`predict_many` of ``batch``, then :meth:`learn_many` of it;
+        returns the predictions, made before the batch was learned.
+
+        The batch is featurised once, and on one process (no ``group``) without sampled extra
+        negatives its forward pass gives both the predictions and the step's loss: the same
+        numbers as the two calls, for about the cost of the second.
+        """
         examples = self._as_examples(batch)
+        predictions = self._learn(examples, predict=True)
+        assert predictions is not None
+        return predictions
+
+    def _learn(self, examples: ExampleBatch, predict: bool) -> npt.NDArray[np.float32] | None:
+        """:meth:`learn_many`; with ``predict``, the batch's predictions made before it."""
         group = self.group
         if group is None and len(examples) == 0:
-            return
+            return self.predict_many(examples) if predict else None
         n = len(examples)
         wide_rows = self._wide.rows(examples)
         inputs = self._wide.inputs(examples, wide_rows)
@@ -303,6 +327,12 @@ class OnlineModel:
             if len(extra):
                 rows = ExampleBatch.concat([examples, extra])
                 wide = torch.cat([inputs, self._wide.inputs(extra, self._wide.rows(extra))])
+        predictions: npt.NDArray[np.float32] | None = None
+        # The step's forward pass over this batch alone, on this process alone, is the
+        # prediction's; with other rows in the step, the prediction is its own pass.
+        shared_forward = group is None and rows is examples
+        if predict and not shared_forward:
+            predictions = self.predict_many(examples)
         ids, bias_rows = self._tensors(rows)
         targets = _internal_targets(torch.from_numpy(rows.targets).to(self.device))
         row_weights = torch.from_numpy(rows.weights).to(self.device)
@@ -316,7 +346,7 @@ class OnlineModel:
             sizes = group.gather_values(mine)
             learned, all_rows = (int(sum(rank[k] for rank in sizes)) for k in range(2))
             if learned == 0:
-                return
+                return predictions
             weighted, count = (sum(rank[k] for rank in sizes) for k in (2, 3))
             mean = weighted / max(count, 1.0)
         weights = _internal_weights(targets, row_weights, mean)
@@ -325,7 +355,10 @@ class OnlineModel:
         net.train()
         embedded = net.embed(ids)
         residual = net(embedded, wide, bias_rows, all_rows) * self._blend()
-        loss = _loss(base + residual, targets, weights, all_rows)
+        logits = base + residual
+        if predict and shared_forward:
+            predictions = _heads_array(logits.detach())
+        loss = _loss(logits, targets, weights, all_rows)
         if self.config.adversarial_eps > 0:
             loss = loss + self.config.adversarial_weight * self._adversarial_loss(
                 loss, ids, embedded, wide, bias_rows, base, targets, weights, all_rows
@@ -361,6 +394,7 @@ class OnlineModel:
             self.changes.mark(RATE_ROWS, wide_rows)
         self.version += 1
         self.examples_seen += learned
+        return predictions
 
     def _adversarial_loss(
         self,
@@ -399,7 +433,7 @@ class OnlineModel:
         self._net.eval()
         residual = self._net(self._net.embed(ids), wide, bias_rows) * self._blend()
         logits = self._wide.logits(wide) + residual
-        return heads_of(logits).to("cpu").numpy().astype(np.float32)
+        return _heads_array(logits)
 
     def p_negative(
         self, batch: CandidateBatch | Sequence[Mapping[str, Any]]
@@ -407,19 +441,22 @@ class OnlineModel:
         """Probability of any negative reaction, ``1 - (1 - p_explicit)(1 - p_implicit)``."""
         return p_negative(self.predict_many(batch)).astype(np.float32, copy=False)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, copy: bool = True) -> dict[str, Any]:
         """Snapshot of weights, optimiser state, RNG, config, ``version`` and ``examples_seen``.
 
         Tensors are copied to cpu, so the snapshot stays valid while training goes on and loads
-        on a machine without the training device.
+        on a machine without the training device. With ``copy=False`` tensors already on cpu
+        are the model's own: the same contents for a caller done with the snapshot before the
+        model learns again (a checkpoint written on the thread that trains it), without
+        copying the tables.
         """
         return {
             "config": self.config.to_dict(),
             "version": self.version,
             "examples_seen": self.examples_seen,
-            "network": _detached_cpu(self._net.state_dict()),
-            "wide": self._wide.state_dict(),
-            "optimizers": [_detached_cpu(opt.state_dict()) for opt in self._optimizers],
+            "network": _detached_cpu(self._net.state_dict(), copy),
+            "wide": self._wide.state_dict(copy=copy),
+            "optimizers": [_detached_cpu(opt.state_dict(), copy) for opt in self._optimizers],
             "rng": _detached_cpu(self._rng.bit_generator.state),
         }
 

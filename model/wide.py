@@ -162,9 +162,12 @@ class RateRegression:
         """:meth:`count` of a batch's head ``targets`` ``[n, HEADS]`` (on the device)."""
         self.table.add(rows, label_columns(targets))
 
-    def state_dict(self) -> dict[str, Any]:
-        """Rate tables and regression (cpu copies)."""
-        return {"table": self.table.state_dict(), "regression": self.regression.state_dict()}
+    def state_dict(self, *, copy: bool = True) -> dict[str, Any]:
+        """Rate tables and regression (cpu copies; ``copy=False``: cpu tensors shared)."""
+        return {
+            "table": self.table.state_dict(copy=copy),
+            "regression": self.regression.state_dict(copy=copy),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""

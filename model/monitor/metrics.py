@@ -77,12 +77,55 @@ class RollingAUC:
         negatives = size - positives
         if positives == 0 or negatives == 0:
             return math.nan
-        _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-        # Average 1-based rank of each distinct score: ties share the mean of their ranks.
-        upper = np.cumsum(counts)
-        mean_rank = upper - (counts - 1) / 2.0
-        rank_sum = float(mean_rank[inverse][labels].sum())
+        order = np.argsort(scores)
+        ranked = scores[order]
+        if np.isnan(ranked[-1]) or size >= _EXACT_RANK_SUMS:
+            rank_sum = _rank_sum_of_distinct(scores, labels)
+        else:
+            # Ranks are half-integers and their sums stay far below 2**53: summed exactly, in
+            # any order, they give the same float.
+            rank_sum = _rank_sum_sorted(ranked, labels[order])
         return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+#: Windows below this size sum their ranks exactly in float64 (ranks and their sums below 2**50).
+_EXACT_RANK_SUMS = 2**24
+
+
+def _rank_sum_sorted(ranked: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]) -> float:
+    """Sum of the 1-based ranks of the positives among ``ranked`` scores (sorted, no NaN);
+    tied scores share the mean of their ranks."""
+    positions = np.flatnonzero(positive)
+    # Twice the sum, in integers: the ranks of distinct scores, then each run of tied scores
+    # (usually few) trades its positives' own ranks for the run's mean rank.
+    twice = 2 * int(positions.sum() + len(positions))
+    steps = ranked[1:] != ranked[:-1]
+    ties = np.flatnonzero(~steps)
+    if len(ties):
+        tied = np.zeros(len(ranked), dtype=np.bool_)
+        tied[ties] = tied[ties + 1] = True
+        members = np.flatnonzero(tied)
+        starts = np.ones(len(members), dtype=np.bool_)
+        starts[1:] = steps[members[1:] - 1]
+        run = np.cumsum(starts) - 1
+        hits = positive[members]
+        sizes = np.bincount(run)
+        hits_per_run = np.bincount(run, weights=hits)
+        first = members[starts]
+        twice += int((hits_per_run * (2 * first + sizes + 1)).sum())
+        twice -= 2 * int((members[hits] + 1).sum())
+    return twice / 2
+
+
+def _rank_sum_of_distinct(
+    scores: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]
+) -> float:
+    """:func:`_rank_sum_sorted` of unsorted ``scores``, NaNs (sorted last) all tied."""
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Average 1-based rank of each distinct score: ties share the mean of their ranks.
+    upper = np.cumsum(counts)
+    mean_rank = upper - (counts - 1) / 2.0
+    return float(mean_rank[inverse][positive].sum())
 
 
 class LogLoss:

@@ -68,7 +68,13 @@ class Prequential:
 
     def update(self, batch: ExampleBatch) -> Self:
         """Predict ``batch``, record the out-of-sample metrics, then learn from it."""
-        predictions = self.model.predict_many(batch)
+        # A model that predicts and learns a batch in one call (OnlineModel) featurises it
+        # once; the metrics read only the predictions, so they may follow the learning.
+        predict_then_learn = getattr(self.model, "predict_then_learn", None)
+        if predict_then_learn is None:
+            predictions = self.model.predict_many(batch)
+        else:
+            predictions = predict_then_learn(batch)
         self.last_predictions = predictions
         targets = batch.targets
         columns: dict[str, tuple[npt.NDArray[Any], npt.NDArray[Any]]] = {
@@ -81,7 +87,8 @@ class Prequential:
         for head, (labels, scores) in columns.items():
             for metric in self.metrics[head].values():
                 metric.update(labels, scores)
-        self.model.learn_many(batch)
+        if predict_then_learn is None:
+            self.model.learn_many(batch)
         self.examples_seen += len(batch)
         return self
 

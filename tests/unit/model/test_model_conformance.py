@@ -76,6 +76,24 @@ def test_seeded_runs_are_identical(factory: Factory, make_toy_stream: Any) -> No
     np.testing.assert_array_equal(first.predict_many(probe), second.predict_many(probe))
 
 
+def test_predict_then_learn_is_predict_many_then_learn_many(
+    factory: Factory, make_toy_stream: Any
+) -> None:
+    fused, apart = factory(), factory()
+    for batch in [*_stream(make_toy_stream), []]:
+        examples = ExampleBatch.from_examples(batch, fused.config)
+        predicted = fused.predict_then_learn(examples)
+        expected = apart.predict_many(examples)
+        apart.learn_many(examples)
+        assert predicted.dtype == expected.dtype and predicted.shape == expected.shape
+        assert predicted.tobytes() == expected.tobytes(), "predictions differ in some bit"
+    assert (fused.version, fused.examples_seen) == (apart.version, apart.examples_seen) == (4, 512)
+    fused_state, apart_state = fused.state_dict(), apart.state_dict()
+    assert fused_state["rng"] == apart_state["rng"]
+    pairs = zip(_tensors(fused_state), _tensors(apart_state), strict=True)
+    assert all(torch.equal(left, right) for left, right in pairs), "learned state differs"
+
+
 def test_different_seeds_differ(make_toy_stream: Any) -> None:
     # A fresh model is its (seedless) wide part alone; the seed shows once the deep part,
     # initialised from it, has a share of the logits.
@@ -128,6 +146,24 @@ def test_state_dict_is_a_snapshot(make_toy_stream: Any) -> None:
     before = state["network"]["table.weight"].clone()
     model.learn_many(make_toy_stream(64, seed=6))
     assert torch.equal(state["network"]["table.weight"], before)
+
+
+def test_state_dict_without_copies_saves_the_same_checkpoint(
+    factory: Factory, make_toy_stream: Any, tmp_path: Path
+) -> None:
+    model = factory()
+    for batch in _stream(make_toy_stream)[:2]:
+        model.learn_many(batch)
+    copied, shared = model.state_dict(), model.state_dict(copy=False)
+    pairs = list(zip(_tensors(copied), _tensors(shared), strict=True))
+    assert all(torch.equal(left, right) for left, right in pairs)
+    live = {t.data_ptr() for t in _tensors(shared) if t.numel()}
+    assert not live & {t.data_ptr() for t in _tensors(copied) if t.numel()}, "not copied"
+    assert model.network.table.weight.data_ptr() in live, "the table was copied anyway"
+    save_checkpoint(tmp_path / "copied", {"model": copied})
+    save_checkpoint(tmp_path / "shared", {"model": shared})
+    (left,), (right,) = (list((tmp_path / name).iterdir()) for name in ("copied", "shared"))
+    assert left.read_bytes() == right.read_bytes()
 
 
 def test_checkpoint_round_trip(factory: Factory, make_toy_stream: Any, tmp_path: Path) -> None:

@@ -39,6 +39,32 @@ def test_auc_equals_pairwise_count_on_random_data_with_ties(seed: int) -> None:
     assert auc.get() == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
 
 
+def exact_auc(labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]) -> float:
+    """The pairwise count as one correctly rounded quotient of integers."""
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    wins = int((positives[:, None] > negatives[None, :]).sum())
+    ties = int((positives[:, None] == negatives[None, :]).sum())
+    return (2 * wins + ties) / (2 * len(positives) * len(negatives))
+
+
+@pytest.mark.parametrize("levels", [3, 20, 1000, None])
+def test_auc_is_the_exact_pairwise_count_whatever_the_ties(levels: int | None) -> None:
+    rng = np.random.default_rng(levels or 0)
+    for size in (2, 3, 50, 777):
+        labels = rng.integers(0, 2, size)
+        labels[:2] = [0, 1]
+        scores = rng.random(size) if levels is None else rng.integers(0, levels, size) / levels
+        auc = RollingAUC(window=size).update(labels, scores).get()
+        assert auc == exact_auc(labels, scores), (size, levels)
+
+
+def test_auc_ranks_nan_scores_above_every_score_and_tied() -> None:
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    scores = np.array([0.2, np.nan, 0.4, np.nan, 0.2, 0.9, np.nan, 0.1])
+    expected = exact_auc(labels, np.where(np.isnan(scores), 2.0, scores))
+    assert RollingAUC(window=8).update(labels, scores).get() == expected
+
+
 def test_auc_window_keeps_only_the_last_pairs() -> None:
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 2, 300)
