@@ -85,9 +85,9 @@ class InputPipeline:
         self.delivery = delivery
         self.lane = lane
         self.on_feedback = on_feedback
-        # A state still in a label window and its grace is never compressed.
+        # Event time alone never compresses a state still in a label window and its grace.
         rest_after_s = max(REST_AFTER_S, config.label_window_s + config.grace_s)
-        self.resting = RestingStates(users, rest_after_s)
+        self.resting = RestingStates(users, rest_after_s, settings.open_states)
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)

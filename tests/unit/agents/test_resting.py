@@ -1,6 +1,6 @@
-"""States at rest kept compressed: read back exactly as stored, compressed only once their
-partition's watermark has moved on without them, never changed in place, and a fold over them
-publishes what it publishes over plain states."""
+"""States at rest kept compressed: read back exactly as stored, compressed once their
+partition's watermark has moved on without them or once many other states were written since,
+never changed in place, and a fold over them publishes what it publishes over plain states."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import orjson
 
 from agents.resting import COMPRESS_PER_CALL, RestingStates
-from agents.state.state import Candidate, Pending, Schedule, UserState
+from agents.state.state import WIRE_DICTIONARY, Candidate, Pending, Schedule, UserState
 from agents.wiring import users_store
 from simulator.stream import IMPRESSIONS_TOPIC, Simulator
 from simulator.worlds import world_config
@@ -46,7 +46,8 @@ def test_a_state_at_rest_reads_back_as_its_changelog_value_decodes() -> None:
     held = users.table.data["u1"]
     assert isinstance(held, Resting)
     # What a recovery reads, compressed; the state object itself is left as it was.
-    assert zlib.decompress(held.packed) == orjson.dumps(wire, option=WIRE_JSON)
+    raw = orjson.dumps(wire, option=WIRE_JSON)
+    assert zlib.decompressobj(zdict=WIRE_DICTIONARY).decompress(held.packed) == raw
     assert state.to_wire() == wire
     assert users.get("u1") == users.peek("u1") == UserState.from_wire(wire)
     # Read, it stays compressed; the deadline index reads its view without decoding it.
@@ -116,10 +117,62 @@ def test_one_call_compresses_a_bounded_number_of_states() -> None:
     assert done == [COMPRESS_PER_CALL, 5, 0] and not resting.due[0] and not resting.noted
 
 
-def _fold(rest_after_s: float | None) -> tuple[FoldDriver, list[bytes]]:
+def test_the_least_recently_written_states_beyond_the_bound_are_compressed() -> None:
+    users = users_store(SimpleNamespace(data={}))
+    resting = RestingStates(users, rest_after_s=math.inf, open_states=2)
+
+    def write(user: str, partition: int = 0) -> None:
+        state = _state(10.0, partition)
+        users.put(user, state, partition)
+        resting.written(user, partition, state)
+
+    def compress() -> int:
+        return asyncio.run(resting.compress_due(lambda _: 0.0, _no_pause))
+
+    def at_rest() -> set[str]:
+        return {u for u, v in users.table.data.items() if isinstance(v, Resting)}
+
+    for user in "abc":
+        write(user)
+    write("a")  # written again: the most recent now, "b" the least
+    assert compress() == 1 and at_rest() == {"b"}
+    assert list(resting.recent) == ["c", "a"]
+    write("b")  # its next event: open again, and "c" the least recent
+    write("d", 1)
+    assert compress() == 2 and at_rest() == {"c", "a"}
+    # Partitions given away leave the order; a user at rest already is only forgotten.
+    resting.forget_partitions([1])
+    assert list(resting.recent) == ["b"]
+    users.rest("b", Schedule.of)
+    write("e")
+    write("f")
+    assert compress() == 0 and list(resting.recent) == ["e", "f"]
+
+
+def test_the_recent_bound_is_kept_however_many_states_one_batch_wrote() -> None:
+    users = users_store(SimpleNamespace(data={}))
+    resting = RestingStates(users, rest_after_s=math.inf, open_states=10)
+    written = 3 * COMPRESS_PER_CALL
+    for n in range(written):
+        state = _state(1.0)
+        users.put(f"u{n}", state, 0)
+        resting.written(f"u{n}", 0, state)
+    # One call may compress as many as were written since the last, and a bounded few more.
+    assert asyncio.run(resting.compress_due(lambda _: 0.0, _no_pause)) == written - 10
+    assert list(resting.recent) == [f"u{n}" for n in range(written - 10, written)]
+    resting.open_states = 0
+    assert asyncio.run(resting.compress_due(lambda _: 0.0, _no_pause)) == 10
+    assert not resting.recent
+
+
+def _fold(
+    rest_after_s: float | None, open_states: int | None = None
+) -> tuple[FoldDriver, list[bytes]]:
     driver = FoldDriver()
     if rest_after_s is not None:
         driver.pipeline.resting.rest_after_s = rest_after_s
+    if open_states is not None:
+        driver.pipeline.resting.open_states = open_states
     simulator = Simulator(world_config("heavy", n_users=800, seed=3, keep_ground_truth=False))
     topics = {IMPRESSIONS_TOPIC: "impressions"}
     captured = driver.run(
@@ -143,3 +196,15 @@ def test_a_fold_over_states_at_rest_publishes_what_it_publishes_over_plain_ones(
     assert {user: state.to_wire() for user, state in compressed.users.items()} == {
         user: state.to_wire() for user, state in plain.users.items()
     }
+
+
+def test_a_fold_over_least_recently_written_states_at_rest_publishes_the_same() -> None:
+    plain, published = _fold(math.inf, open_states=10**9)
+    compressed, published_at_rest = _fold(math.inf, open_states=50)
+    held = compressed.users.table.data
+    assert sum(isinstance(value, Resting) for value in held.values()) >= len(held) - 50
+    assert published_at_rest == published
+    # The changelog values, byte for byte.
+    assert {
+        u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in compressed.users.items()
+    } == {u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in plain.users.items()}
