@@ -169,10 +169,12 @@ class InputPipeline:
 
     def on_recovery(self, ended_at: float | None) -> None:
         """A finished recovery (after a rebalance) brings users whose label windows are
-        still open: index them again once their state is complete."""
+        still open: index them again once their state is complete, and keep the values it
+        stored compressed."""
         if ended_at != self.recovery_seen:
             self.recovery_seen = ended_at
             self.index_stale = True
+            self.resting.recovered(self.users.user_ids())
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the clocks and deadlines of partitions this worker no longer owns."""

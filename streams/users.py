@@ -70,10 +70,10 @@ class UsersStore(Generic[State]):
 
     ``decode`` turns a wire value (a JSON object) into a state; ``encode`` a state into its
     wire value. A recovered value (the JSON bytes, or an already parsed wire dict) is decoded
-    on its first :meth:`get` and kept decoded: a restart parses only the newest record of
-    each user, and only when the user is read. ``rest_dictionary`` is the preset zlib
-    dictionary of states kept compressed at rest (:meth:`rest`): strings most wire values
-    hold.
+    on its first :meth:`get` and kept decoded (or compressed first, :meth:`rest_recovered`):
+    a restart parses only the newest record of each user, and only when the user is read.
+    ``rest_dictionary`` is the preset zlib dictionary of states kept compressed at rest
+    (:meth:`rest`): strings most wire values hold.
     """
 
     def __init__(
@@ -127,6 +127,24 @@ class UsersStore(Generic[State]):
             return False
         raw = orjson.dumps(self.encode(state), option=WIRE_JSON)
         self._data[user_id] = Resting(packed(raw, self.rest_dictionary), view)
+        return True
+
+    def user_ids(self) -> list[str]:
+        """Every stored user, as a list (a copy of the keys: quick, however many)."""
+        return list(self._data)
+
+    def rest_recovered(self, user_id: str, view_of: Callable[[dict[str, Any]], Any]) -> bool:
+        """Keep the user's recovered value compressed, if it is one not decoded yet, with the
+        view ``view_of(wire value)``; return whether it did (event loop only).
+
+        The changelog's JSON bytes are what is compressed: reading them back is the decode
+        the first :meth:`get` would have done.
+        """
+        value = self._data.get(user_id)
+        if not _is_json(value):
+            return False
+        raw = bytes(value)
+        self._data[user_id] = Resting(packed(raw, self.rest_dictionary), view_of(orjson.loads(raw)))
         return True
 
     def put(self, user_id: str, state: State, partition: int | None = None) -> None:
@@ -185,9 +203,14 @@ class UsersStore(Generic[State]):
         return key, orjson.dumps(self.encode(state), option=WIRE_JSON)
 
 
+def _is_json(value: Any) -> bool:
+    """Whether a stored value is a recovered changelog value as its JSON bytes."""
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
 def _wire(value: Any) -> Any:
     """A recovered value as a wire value: the changelog's JSON bytes parsed; a value
     recovered already parsed (before the table's values were stored raw) as it is."""
-    if isinstance(value, bytes | bytearray | memoryview):
+    if _is_json(value):
         return orjson.loads(value)
     return value

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import orjson
 
-from agents.resting import COMPRESS_PER_CALL, RestingStates
+from agents.resting import COMPRESS_PER_CALL, RECOVERED_PER_CALL, RestingStates
 from agents.state.state import WIRE_DICTIONARY, Candidate, Pending, Schedule, UserState
 from agents.wiring import users_store
 from simulator.stream import IMPRESSIONS_TOPIC, Simulator
@@ -165,6 +165,29 @@ def test_the_recent_bound_is_kept_however_many_states_one_batch_wrote() -> None:
     assert not resting.recent
 
 
+def test_values_a_recovery_stored_undecoded_are_compressed_a_slice_at_a_time() -> None:
+    users = users_store(SimpleNamespace(data={}))
+    resting = RestingStates(users, rest_after_s=math.inf)
+    states = {f"u{n}": _state(float(n)) for n in range(RECOVERED_PER_CALL + 2)}
+    states["u0"].pending = [Pending("p1", "x", None, None, "r1", 0.5)]
+    for user, state in states.items():
+        users.table.data[user] = orjson.dumps(state.to_wire(), option=WIRE_JSON)
+    users.put("written", _state(1.0), 0)
+    assert users.user_ids() == [*states, "written"]
+    resting.recovered(users.user_ids())
+    assert users.get("u1") == states["u1"]  # read first: decoded, open, passed over
+    done = [asyncio.run(resting.compress_due(lambda _: 0.0, _no_pause)) for _ in range(2)]
+    assert done == [RECOVERED_PER_CALL, 1] and not resting.recovered_users
+    held = users.table.data
+    assert type(held["u1"]) is UserState and type(held["written"]) is UserState
+    assert all(isinstance(held[user], Resting) for user in states if user != "u1")
+    # Read back as the recovery's JSON decodes; the index reads the view it was given.
+    assert users.get("u0") == users.peek("u0") == states["u0"]
+    assert isinstance(held["u0"], Resting)
+    views = dict(users.views(Schedule.of, Schedule.from_wire))
+    assert views["u0"] == Schedule.of(states["u0"]) and views["u0"].pending_times == (0.5,)
+
+
 def _fold(
     rest_after_s: float | None, open_states: int | None = None
 ) -> tuple[FoldDriver, list[bytes]]:
@@ -205,6 +228,57 @@ def test_a_fold_over_least_recently_written_states_at_rest_publishes_the_same() 
     assert sum(isinstance(value, Resting) for value in held.values()) >= len(held) - 50
     assert published_at_rest == published
     # The changelog values, byte for byte.
+    assert {
+        u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in compressed.users.items()
+    } == {u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in plain.users.items()}
+
+
+def _fold_restarted(compress: bool) -> tuple[FoldDriver, list[bytes]]:
+    """The heavy world folded with a restart half-way: every state is then stored as its
+    changelog JSON, as a recovery leaves it, and compressed after if ``compress``."""
+    driver = FoldDriver()
+    if compress:
+        driver.pipeline.resting.open_states = 50
+    else:
+        driver.pipeline.resting.rest_after_s = math.inf
+        driver.pipeline.resting.open_states = 10**9
+    simulator = Simulator(world_config("heavy", n_users=800, seed=5, keep_ground_truth=False))
+    topics = {IMPRESSIONS_TOPIC: "impressions"}
+    records = [
+        driver.message(topics.get(e.topic, "feedback"), e.key.encode(), orjson.dumps(e.value))
+        for e in simulator.events(6_000)
+        if isinstance(e.value, dict)
+    ]
+    size = driver.settings.batch_size // 4
+
+    async def go() -> None:
+        for start in range(0, len(records), size):
+            if start == size * (len(records) // size // 2):
+                held = driver.users.table.data
+                for user, state in list(driver.users.items()):
+                    held[user] = orjson.dumps(state.to_wire(), option=WIRE_JSON)
+                driver.pipeline.on_recovery(float(start))
+                if not compress:
+                    driver.pipeline.resting.recovered_users.clear()
+            await driver.feed(records[start : start + size])
+        await driver.finish()
+
+    asyncio.run(go())
+    captured = driver.captured
+    published = [
+        orjson.dumps(record)
+        for record in (*captured.examples, *captured.updates, *captured.dead_letters)
+    ]
+    return driver, published
+
+
+def test_a_fold_over_recovered_values_kept_compressed_publishes_the_same() -> None:
+    plain, published = _fold_restarted(compress=False)
+    compressed, published_compressed = _fold_restarted(compress=True)
+    assert not compressed.pipeline.resting.recovered_users
+    assert any(isinstance(v, bytes) for v in plain.users.table.data.values())
+    assert not any(isinstance(v, bytes) for v in compressed.users.table.data.values())
+    assert published_compressed == published
     assert {
         u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in compressed.users.items()
     } == {u: orjson.dumps(s.to_wire(), option=WIRE_JSON) for u, s in plain.users.items()}
