@@ -85,9 +85,9 @@ class InputPipeline:
         self.delivery = delivery
         self.lane = lane
         self.on_feedback = on_feedback
-        # A state still in a label window and its grace is never compressed.
+        # Event time alone never compresses a state still in a label window and its grace.
         rest_after_s = max(REST_AFTER_S, config.label_window_s + config.grace_s)
-        self.resting = RestingStates(users, rest_after_s)
+        self.resting = RestingStates(users, rest_after_s, settings.open_states)
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
         self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
@@ -169,10 +169,12 @@ class InputPipeline:
 
     def on_recovery(self, ended_at: float | None) -> None:
         """A finished recovery (after a rebalance) brings users whose label windows are
-        still open: index them again once their state is complete."""
+        still open: index them again once their state is complete, and keep the values it
+        stored compressed."""
         if ended_at != self.recovery_seen:
             self.recovery_seen = ended_at
             self.index_stale = True
+            self.resting.recovered(self.users.user_ids())
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the clocks and deadlines of partitions this worker no longer owns."""

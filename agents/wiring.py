@@ -23,7 +23,7 @@ from agents.progress import ProgressWatch
 from agents.rescorer import Rescorer, Scorer
 from agents.state.config import StateConfig
 from agents.state.features import table_view
-from agents.state.state import UserState
+from agents.state.state import WIRE_DICTIONARY, UserState
 from agents.trainer import Trainer, fresh_examples, model_config
 from agents.watermarks import Watermarks
 from streams import metrics
@@ -58,7 +58,7 @@ def state_config(settings: Settings) -> StateConfig:
 
 def users_store(table: Any) -> UsersStore[UserState]:
     """The users table as a store of :class:`UserState`."""
-    return UsersStore(table, UserState.from_wire, UserState.to_wire, UserState)
+    return UsersStore(table, UserState.from_wire, UserState.to_wire, UserState, WIRE_DICTIONARY)
 
 
 def register(app: faust.App, settings: Settings) -> InputPipeline:

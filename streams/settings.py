@@ -80,6 +80,9 @@ class Settings:
     """NEGSTREAM_WATERMARK_DELAY_S: how far the event-time clock trails the newest event."""
     idle_flush_s: float = 2.0
     """NEGSTREAM_IDLE_FLUSH_S: wall seconds without input before a partition's clock advances."""
+    open_states: int = 10_000
+    """NEGSTREAM_OPEN_STATES: most users' states kept as the fold wrote them; the least
+    recently written beyond these are kept compressed until their user's next event."""
     candidates_per_user: int = 50
     """NEGSTREAM_CANDIDATES_PER_USER: recent impressions kept per user for rescoring."""
     abuse_negative_cap: int = 200
@@ -204,7 +207,7 @@ class Settings:
             "partitions", "batch_size", "window_short_s", "window_long_s", "window_step_s",
             "label_window_s", "train_batch_size", "drift_interval_s", "max_payload_bytes",
             "fetch_max_wait_ms", "model_sync_s", "model_snapshot_every", "model_max_age_s",
-            "trainer_world", "trainer_peer_timeout_s",
+            "trainer_world", "trainer_peer_timeout_s", "open_states",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:

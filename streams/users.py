@@ -30,17 +30,39 @@ REST_LEVEL = 1
 
 class Resting:
     """A stored state kept compressed while it waits for its user's next event: the JSON of
-    its changelog record, zlib-compressed, and what :meth:`UsersStore.views` yields for it.
-    Never changed once built."""
+    its changelog record, zlib-compressed (with the store's preset dictionary, if any), and
+    what :meth:`UsersStore.views` yields for it. Never changed once built."""
 
     __slots__ = ("packed", "view")
 
     def __init__(self, packed: bytes, view: Any) -> None:
         self.packed, self.view = packed, view
 
-    def wire(self) -> Any:
-        """The state's wire value, as its changelog record holds it."""
-        return orjson.loads(zlib.decompress(self.packed))
+    def wire(self, dictionary: bytes | None = None) -> Any:
+        """The state's wire value, as its changelog record holds it (``dictionary``: the
+        preset dictionary it was compressed with)."""
+        return orjson.loads(unpacked(self.packed, dictionary))
+
+
+def packed(raw: bytes, dictionary: bytes | None = None) -> bytes:
+    """``raw`` compressed as a state at rest, with a preset ``dictionary`` if given.
+
+    Examples
+    --------
+    >>> unpacked(packed(b'{"clock":1.5}', b'{"clock":'), b'{"clock":')
+    b'{"clock":1.5}'
+    """
+    if not dictionary:
+        return zlib.compress(raw, REST_LEVEL)
+    compressor = zlib.compressobj(REST_LEVEL, zdict=dictionary)
+    return compressor.compress(raw) + compressor.flush()
+
+
+def unpacked(data: bytes, dictionary: bytes | None = None) -> bytes:
+    """What :func:`packed` was given."""
+    if not dictionary:
+        return zlib.decompress(data)
+    return zlib.decompressobj(zdict=dictionary).decompress(data)
 
 
 class UsersStore(Generic[State]):
@@ -48,8 +70,10 @@ class UsersStore(Generic[State]):
 
     ``decode`` turns a wire value (a JSON object) into a state; ``encode`` a state into its
     wire value. A recovered value (the JSON bytes, or an already parsed wire dict) is decoded
-    on its first :meth:`get` and kept decoded: a restart parses only the newest record of
-    each user, and only when the user is read.
+    on its first :meth:`get` and kept decoded (or compressed first, :meth:`rest_recovered`):
+    a restart parses only the newest record of each user, and only when the user is read.
+    ``rest_dictionary`` is the preset zlib dictionary of states kept compressed at rest
+    (:meth:`rest`): strings most wire values hold.
     """
 
     def __init__(
@@ -58,9 +82,11 @@ class UsersStore(Generic[State]):
         decode: Callable[[dict[str, Any]], State],
         encode: Callable[[State], dict[str, Any]],
         state_type: type[State],
+        rest_dictionary: bytes | None = None,
     ) -> None:
         self.table = table
         self.decode, self.encode, self.state_type = decode, encode, state_type
+        self.rest_dictionary = rest_dictionary
         self._data: Any = table.data
 
     def get(self, user_id: str) -> State | None:
@@ -81,7 +107,9 @@ class UsersStore(Generic[State]):
         return self._decoded(value)
 
     def _decoded(self, value: Any) -> State:
-        return self.decode(value.wire() if isinstance(value, Resting) else _wire(value))
+        if isinstance(value, Resting):
+            return self.decode(value.wire(self.rest_dictionary))
+        return self.decode(_wire(value))
 
     def rest(self, user_id: str, view_of: Callable[[State], Any]) -> bool:
         """Keep the user's stored state compressed until it is replaced, if ``view_of(state)``
@@ -97,8 +125,26 @@ class UsersStore(Generic[State]):
         view = view_of(state)
         if view is None:
             return False
-        packed = zlib.compress(orjson.dumps(self.encode(state), option=WIRE_JSON), REST_LEVEL)
-        self._data[user_id] = Resting(packed, view)
+        raw = orjson.dumps(self.encode(state), option=WIRE_JSON)
+        self._data[user_id] = Resting(packed(raw, self.rest_dictionary), view)
+        return True
+
+    def user_ids(self) -> list[str]:
+        """Every stored user, as a list (a copy of the keys: quick, however many)."""
+        return list(self._data)
+
+    def rest_recovered(self, user_id: str, view_of: Callable[[dict[str, Any]], Any]) -> bool:
+        """Keep the user's recovered value compressed, if it is one not decoded yet, with the
+        view ``view_of(wire value)``; return whether it did (event loop only).
+
+        The changelog's JSON bytes are what is compressed: reading them back is the decode
+        the first :meth:`get` would have done.
+        """
+        value = self._data.get(user_id)
+        if not _is_json(value):
+            return False
+        raw = bytes(value)
+        self._data[user_id] = Resting(packed(raw, self.rest_dictionary), view_of(orjson.loads(raw)))
         return True
 
     def put(self, user_id: str, state: State, partition: int | None = None) -> None:
@@ -157,9 +203,14 @@ class UsersStore(Generic[State]):
         return key, orjson.dumps(self.encode(state), option=WIRE_JSON)
 
 
+def _is_json(value: Any) -> bool:
+    """Whether a stored value is a recovered changelog value as its JSON bytes."""
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
 def _wire(value: Any) -> Any:
     """A recovered value as a wire value: the changelog's JSON bytes parsed; a value
     recovered already parsed (before the table's values were stored raw) as it is."""
-    if isinstance(value, bytes | bytearray | memoryview):
+    if _is_json(value):
         return orjson.loads(value)
     return value

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
+import orjson
+
 from agents.state import counters, dedupe, windows
 from schemas.events import Suppression
+from schemas.kinds import ALL_KINDS
 
 #: Version of :meth:`UserState.to_wire`'s format; older versions are read too.
 WIRE_VERSION = 2
@@ -347,3 +350,21 @@ class Schedule:
             tuple(float(p["timestamp"] if isinstance(p, dict) else p[5]) for p in pending),
             tuple(float(r["timestamp"] if isinstance(r, dict) else r[4]) for r in reactions),
         )
+
+
+def _wire_dictionary() -> bytes:
+    """Strings a state's wire JSON is made of, most common last (zlib looks back from the
+    end): counter names and the candidate fields, then the field names of an empty state."""
+    names = [f'"{counters.by_kind(kind)}":1,' for kind in sorted(ALL_KINDS)]
+    names += [f'"{name}":1,' for name in counters.TOTALS]
+    names += [f'"{prefix}:' for prefix in counters.FAMILIES]
+    names.append('"impression":,"feedback":')
+    names.append('{"item_id":"","creator_id":"","category":""},')
+    empty = UserState().to_wire()
+    return "".join(names).encode() + orjson.dumps(empty)
+
+
+#: Preset zlib dictionary of a state kept compressed at rest: its changelog JSON shares
+#: most of its field and counter names with every other state, which zlib then need not
+#: repeat (about 40 % smaller for a state with a session's events, 15 % for a heavy user's).
+WIRE_DICTIONARY = _wire_dictionary()
