@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +54,7 @@ def _column(rows: Sequence[Mapping[str, Any]], key: str, default: Any = None) ->
     """``row.get(key, default)`` of every row."""
     try:
         # Decoded records are dicts: dict.get mapped over them runs in C, no frame per row.
-        records = typing.cast(Sequence[dict[str, Any]], rows)
+        records = cast(Sequence[dict[str, Any]], rows)
         return list(map(dict.get, records, itertools.repeat(key), itertools.repeat(default)))
     except TypeError:
         return [row.get(key, default) for row in rows]
