@@ -4,7 +4,9 @@ trainer's model, kept current from ``model-updates``.
 A task reads the topic from the newest complete snapshot on (:mod:`agents.model_topic`) and
 hands the chunks to the model thread, which puts updates together and applies them to a
 :class:`model.sync.ModelReplica`; rescoring runs on the same thread, so a score never sees
-half an update and the event loop never holds a 130 MB snapshot. While the trainer is down
+half an update and the event loop never holds a 130 MB snapshot. A snapshot of a version
+the replica reached through deltas is skipped unread (the task seeks past its chunks and
+counts it in ``negstream_model_snapshots_skipped_total``). While the trainer is down
 the replica keeps the model it has, and rescoring goes on with it; refused updates (a gap,
 another lineage's delta, a corrupt chunk) are counted and wait for the next snapshot.
 
@@ -24,12 +26,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from agents.model_topic import reading_start, updates_consumer
 from agents.unlearned import Learned, UnlearnedExamples
-from model import CandidateBatch, ModelConfig, ModelReplica, ModelUpdate, UpdateAssembler
+from model import (
+    CandidateBatch,
+    ModelConfig,
+    ModelReplica,
+    ModelUpdate,
+    UpdateAssembler,
+    UpdateHead,
+    peek_update,
+)
 from streams import metrics
 from streams.retry import Backoff
 from streams.settings import Settings
@@ -68,6 +78,8 @@ class ModelFollower:
         #: Examples read that no applied update has learned (read on the event loop only).
         self.unlearned = UnlearnedExamples()
         self._unlearned_dropped = 0
+        #: (lineage, version) of the last snapshot skipped unread.
+        self._skipped: tuple[int, int] | None = None
 
     # --- what rescoring asks (agents.rescorer.Scorer) -------------------------------------
 
@@ -166,15 +178,66 @@ class ModelFollower:
             while True:
                 fetched = await consumer.getmany(tp, timeout_ms=1000, max_records=16)
                 records = fetched.get(tp, [])
-                if not records:
-                    continue
-                chunks = [record.value or b"" for record in records]
-                learned = await self.take(chunks)
-                self.position = records[-1].offset + 1
-                if learned:
-                    on_learned(learned)
+                if records:
+                    await self._read(consumer, tp, records, on_learned)
         finally:
             await consumer.stop()
+
+    async def _read(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        on_learned: Callable[[list[Learned]], None],
+    ) -> None:
+        """Take ``records`` in order, up to the first chunk of a snapshot the replica holds
+        already (:meth:`superseded`): then seek past that snapshot's chunks, unread. Chunks
+        of the snapshot skipped last that still come (a copy sent again after a failure) are
+        dropped as well."""
+        taken = 0
+        for at, record in enumerate(records):
+            head = peek_update(record.value or b"")
+            if head is None or head.kind != "snapshot":
+                continue
+            if head.index > 0:
+                if (head.lineage, head.version) == self._skipped:
+                    await self._take_records(records[taken:at], on_learned)
+                    taken, self.position = at + 1, record.offset + 1
+                continue
+            # The replica's version is known once the records before this one are applied.
+            await self._take_records(records[taken:at], on_learned)
+            taken = at
+            if self.superseded(head):
+                metrics.MODEL_SNAPSHOTS_SKIPPED.inc()
+                self._skipped = (head.lineage, head.version)
+                self.position = record.offset + head.count
+                consumer.seek(tp, self.position)
+                log.debug("model updates: snapshot %d skipped (held already)", head.version)
+                return
+        await self._take_records(records[taken:], on_learned)
+
+    async def _take_records(
+        self,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        on_learned: Callable[[list[Learned]], None],
+    ) -> None:
+        if not records:
+            return
+        learned = await self.take([record.value or b"" for record in records])
+        self.position = records[-1].offset + 1
+        if learned:
+            on_learned(learned)
+
+    def superseded(self, head: UpdateHead) -> bool:
+        """Whether the update ``head`` starts is a snapshot of a state the replica holds
+        already: the same lineage, at a version it has reached through deltas."""
+        replica = self.replica
+        return (
+            head.kind == "snapshot"
+            and replica.version is not None
+            and head.lineage == replica.lineage
+            and head.version <= replica.version
+        )
 
     async def take(self, chunks: list[bytes]) -> list[Learned]:
         """Apply the updates ``chunks`` complete (on the model thread); returns ``(user_id,

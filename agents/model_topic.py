@@ -22,14 +22,16 @@ chunks still name the previous one, and the records after it name it. A reader t
 1. reads the partition's last record (one fetch at the end offset minus one);
 2. seeks to the offset its key names (the log's start for ``-1``, or when retention has
    deleted it);
-3. reads on from there: that snapshot, the deltas after it, and whatever comes next (a
-   newer snapshot, complete or still being written, is applied when its last chunk
-   arrives).
+3. reads on from there: that snapshot, the deltas after it, and whatever comes next.
 
-So a start reads one snapshot and at most one snapshot interval of deltas, however long
-the topic. When the trainer restarts it starts a new lineage with a full snapshot: a reader
-drops the old lineage's deltas from then on (:class:`~model.sync.ModelReplica` refuses them)
-and keeps predicting with what it holds until that snapshot is complete.
+So a start reads one snapshot and at most one snapshot interval of deltas, however long the
+topic. Later snapshots follow the delta of their version (the trainer takes both at once),
+so a reader that follows the topic holds a snapshot's state before its first chunk arrives:
+it seeks past the snapshot's chunks (the first chunk's header gives their count) without
+reading them. A reader that does not hold it (a delta was refused) applies it. When the
+trainer restarts it starts a new lineage with a full snapshot: a reader drops the old
+lineage's deltas from then on (:class:`~model.sync.ModelReplica` refuses them) and keeps
+predicting with what it holds until that snapshot is complete.
 
 On Tansu a multi-record batch makes ListOffsets' end offset wrong; the chunks go through
 :meth:`streams.output.OutputProducer.send_partition`, which sends the last record of a send

@@ -19,12 +19,14 @@ Publishing. Every ``model_sync_s`` the model thread takes an update
 (:func:`model.sync.take_update`; the thread stops learning only for that copy), another
 thread cuts it into chunks, and the event loop writes them (:mod:`agents.model_topic`
 explains the keys that let a reader skip to the newest snapshot). The first update after a
-start is a full snapshot of a new lineage, then every ``model_snapshot_every``-th; the others
-are deltas. An update is published even when nothing was learned, so the replicas' model
-age says whether the trainer is alive. Each update names, per partition read, the last
-offset learned (-1: none yet), so a worker rescores an example's user once its model has
-learned the example. While the broker is away the same update is sent
-again until it is taken; learning goes on, and the next delta carries everything since.
+start is a full snapshot of a new lineage; the others are deltas, and every
+``model_snapshot_every``-th delta is followed by a full snapshot of the same version, for
+readers that start from it (a reader that applied the delta skips it unread). An update is
+published even when nothing was learned, so the replicas' model age says whether the trainer
+is alive. Each update names, per partition read, the last offset learned (-1: none yet), so
+a worker rescores an example's user once its model has learned the example. While the broker
+is away the same update is sent again until it is taken; learning goes on, and the next
+delta carries everything since.
 
 Data-parallel (``NEGSTREAM_TRAINER_WORLD`` > 1). ``world`` trainer processes join one
 ``torch.distributed`` group (gloo on cpu, nccl on cuda; :mod:`model.distributed`) and hold
@@ -391,29 +393,39 @@ class TrainerService:
 
     # --- publishing ------------------------------------------------------------------------
 
-    def _take(self) -> ModelUpdate:
-        """The next update: a full snapshot first and every ``model_snapshot_every``-th, else
-        a delta (model thread). It names the offsets learned so far, so a worker knows which
-        of its examples the update's model has learned."""
-        full = self.updates_taken % self.settings.model_snapshot_every == 0
-        learned = {partition: self.offsets.get(partition, -1) for partition in self.partitions}
-        update = replace(take_update(self.model, full), learned=learned)
-        self.updates_taken += 1
-        return update
+    def _take(self) -> list[ModelUpdate]:
+        """The next updates (model thread): a full snapshot first; then a delta, followed
+        every ``model_snapshot_every``-th time by a full snapshot of the same version.
 
-    async def _publish_loop(self, first: ModelUpdate) -> None:
+        A replica that applied the delta holds that snapshot's state already and skips it
+        unread (:class:`agents.model_follower.ModelFollower`); the snapshot is there for
+        readers that start from it. Each update names the offsets learned so far, so a
+        worker knows which of its examples the update's model has learned.
+        """
+        learned = {partition: self.offsets.get(partition, -1) for partition in self.partitions}
+        if self.updates_taken == 0:
+            taken = [take_update(self.model, True)]
+        else:
+            taken = [take_update(self.model, False)]
+            if self.updates_taken % self.settings.model_snapshot_every == 0:
+                taken.append(take_update(self.model, True))
+        self.updates_taken += 1
+        return [replace(update, learned=learned) for update in taken]
+
+    async def _publish_loop(self, first: list[ModelUpdate]) -> None:
         loop = asyncio.get_running_loop()
-        update: ModelUpdate | None = first
+        updates: list[ModelUpdate] | None = first
         while True:
             started = time.monotonic()
-            if update is None:
-                update = await loop.run_in_executor(self.model_thread, self._take)
-            chunks = await loop.run_in_executor(self.encoder_thread, encode_update, update)
-            await self.publisher.publish(update, chunks)
-            if update.kind == "snapshot":
-                log.info(
-                    "published snapshot of version %d: %d chunks, %.1f MB",
-                    update.version, len(chunks), sum(map(len, chunks)) / 1e6,
-                )  # fmt: skip
-            update = None
+            if updates is None:
+                updates = await loop.run_in_executor(self.model_thread, self._take)
+            for update in updates:
+                chunks = await loop.run_in_executor(self.encoder_thread, encode_update, update)
+                await self.publisher.publish(update, chunks)
+                if update.kind == "snapshot":
+                    log.info(
+                        "published snapshot of version %d: %d chunks, %.1f MB",
+                        update.version, len(chunks), sum(map(len, chunks)) / 1e6,
+                    )  # fmt: skip
+            updates = None
             await asyncio.sleep(max(0.0, self.settings.model_sync_s - (time.monotonic() - started)))

@@ -26,7 +26,15 @@ from model.online import OnlineModel
 from model.sampling import sample_extra_negatives
 from model.sync import ModelReplica, take_update
 from model.touched import TouchedRows
-from model.update import ModelUpdate, TableRows, UpdateAssembler, decode_update, encode_update
+from model.update import (
+    ModelUpdate,
+    TableRows,
+    UpdateAssembler,
+    UpdateHead,
+    decode_update,
+    encode_update,
+    peek_update,
+)
 from model.wide import RateRegression
 
 __all__ = [
@@ -67,11 +75,13 @@ __all__ = [
     "TableRows",
     "TouchedRows",
     "UpdateAssembler",
+    "UpdateHead",
     "decode_update",
     "encode_update",
     "expected_collision_fraction",
     "load_latest",
     "p_negative",
+    "peek_update",
     "psi",
     "psi_level",
     "resolve_device",

@@ -65,8 +65,10 @@ __all__ = [
     "ModelUpdate",
     "TableRows",
     "UpdateAssembler",
+    "UpdateHead",
     "decode_update",
     "encode_update",
+    "peek_update",
 ]
 
 #: 900 KiB: a chunk and its record overhead fit Kafka's default 1 MiB record size.
@@ -233,6 +235,39 @@ def _slices(views: list[memoryview], capacity: int) -> Iterable[bytes]:
                 piece, room = [], capacity
     if piece:
         yield b"".join(piece)
+
+
+@dataclass(frozen=True)
+class UpdateHead:
+    """What a chunk's fixed header says of its update, read without checking the chunk."""
+
+    kind: Literal["snapshot", "delta"]
+    lineage: int
+    version: int
+    index: int
+    count: int
+
+
+def peek_update(chunk: bytes) -> UpdateHead | None:
+    """The header of ``chunk`` when it looks like an update chunk, else None.
+
+    Only the fixed header is read (no CRC, no directory): enough for a reader to decide to
+    skip an update it does not need without receiving the rest of its chunks. What it then
+    does read is checked in full by :class:`UpdateAssembler`.
+
+    >>> update = ModelUpdate(lineage=7, version=3, base_version=None, examples_seen=0,
+    ...                      config="c0ffee", dense={"bias": np.zeros(2, np.float32)}, tables={})
+    >>> peek_update(encode_update(update)[0])
+    UpdateHead(kind='snapshot', lineage=7, version=3, index=0, count=1)
+    >>> peek_update(b"not a chunk") is None
+    True
+    """
+    if len(chunk) < _HEADER.size:
+        return None
+    magic, version_format, kind, lineage, version, _, index, count = _HEADER.unpack_from(chunk)[:8]
+    if magic != _MAGIC or version_format != _FORMAT or kind >= len(_KINDS):
+        return None
+    return UpdateHead(_KINDS[kind], lineage, version, index, count)
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,11 @@ MODEL_UPDATES_APPLIED = Counter(
     "Model updates this worker's scoring replica applied, by kind.",
     ["kind"],
 )
+MODEL_SNAPSHOTS_SKIPPED = Counter(
+    "negstream_model_snapshots_skipped_total",
+    "Snapshots this worker's replica skipped unread: it held their version already, from "
+    "the deltas before them.",
+)
 MODEL_UPDATES_REFUSED = Counter(
     "negstream_model_updates_refused_total",
     "Model updates (or chunks) this worker's replica did not apply, by reason: gap (a delta "

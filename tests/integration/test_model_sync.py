@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
+from agents.model_follower import ModelFollower
 from agents.model_topic import reading_start, snapshot_offset, updates_consumer
 from agents.trainer import model_config
 from model import ModelReplica, OnlineModel, UpdateAssembler, load_latest
@@ -178,13 +180,15 @@ def test_trainer_learns_every_example_once_and_replicas_follow_it(
     assert sum(offset + 1 for offset in checkpoint["offsets"].values()) == len(stream)
 
     everything, chunks = asyncio.run(_read(settings, from_newest_snapshot=False))
-    # A snapshot first, then deltas, every fifth update a snapshot; several chunks a snapshot.
+    # A snapshot first, then deltas; every fifth delta is followed by a snapshot of its
+    # version. Several chunks a snapshot.
     updates = [c for c in chunks if c.index == 0]
     kinds = [c.kind for c in updates]
     assert kinds[0] == "snapshot" and "delta" in kinds
-    assert [n for n, kind in enumerate(kinds) if kind == "snapshot"] == list(
-        range(0, len(kinds), 5)
-    )
+    snapshots = [n for n, kind in enumerate(kinds) if kind == "snapshot"]
+    assert snapshots == list(range(0, len(kinds), 6)) and len(snapshots) >= 2
+    for n in snapshots[1:]:
+        assert (updates[n - 1].kind, updates[n - 1].version) == ("delta", updates[n].version)
     assert min(c.count for c in updates if c.kind == "snapshot") >= 3
     assert everything.applied == [(c.kind, c.version) for c in updates]
     versions = [c.version for c in updates]
@@ -216,6 +220,34 @@ def test_trainer_learns_every_example_once_and_replicas_follow_it(
     assert later.applied == after and later.applied[0][0] == "snapshot"
     assert len(later.applied) < len(everything.applied)
     assert np.array_equal(later.replica.predict_many(candidates), expected)
+
+    # A worker's follower reading the whole topic applies the first snapshot and the deltas,
+    # and seeks past every later snapshot unread: it held their versions already.
+    follower = ModelFollower(settings, model_config(settings))
+    follower.position = 0
+    skipped = REGISTRY.get_sample_value("negstream_model_snapshots_skipped_total") or 0.0
+    asyncio.run(_follow_to(follower, chunks[-1].offset + 1))
+    assert follower.replica.applied == len(kinds) - (len(snapshots) - 1)
+    assert REGISTRY.get_sample_value("negstream_model_snapshots_skipped_total") == skipped + (
+        len(snapshots) - 1
+    )
+    assert follower.version == version
+    assert np.array_equal(asyncio.run(follower.predict(candidates)), expected)
+    follower.close()
+
+
+async def _follow_to(follower: ModelFollower, end: int) -> None:
+    """Run ``follower`` until it has read model-updates up to ``end``."""
+    task = asyncio.create_task(follower.run(lambda learned: None))
+    try:
+        deadline = time.monotonic() + 60
+        while (follower.position or 0) < end:
+            assert time.monotonic() < deadline, f"follower at {follower.position} of {end}"
+            assert not task.done(), task
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_model_updates_is_created_with_one_partition_and_checked(
