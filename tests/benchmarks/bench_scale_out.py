@@ -82,12 +82,12 @@ class Plan:
     """A run's size: impressions drawn, world size, seconds left to drain after sending, and
     the model's hashed table size (``NEGSTREAM_MODEL_BUCKETS``) in both modes (``--buckets``).
 
-    2^15 keeps a snapshot at a few MB, so the freshness measured is the trainer's and not
-    that of writing and reading snapshots on a 2-core machine. It is small for the full
-    world, whose 200k impressions hold about 15k items and 96k user x creator pairs: 37 % of
-    the items and 52 % of the pairs share a bucket in the shared model's table, against
-    22 % of the pairs in each local model's (at the default 2^18: 6 %, 9 % and 3 %), which
-    costs the shared model more. The README gives both sizes' figures.
+    Both use the worker's default, 2^18 (a snapshot of 130 MB: the workers following the
+    topic skip the later ones unread, so their freshness is the trainer's). At 2^15 the full
+    world, whose 200k impressions hold about 15k items and 96k user x creator pairs, crowds
+    the shared model's table: 37 % of the items and 52 % of the pairs share a bucket, against
+    22 % of the pairs in each local model's (at 2^18: 6 %, 9 % and 3 %). The README gives
+    both sizes' figures.
     """
 
     impressions: int
@@ -96,8 +96,8 @@ class Plan:
     buckets: int
 
 
-QUICK = Plan(impressions=30_000, users=2_000, drain_s=15.0, buckets=2**15)
-FULL = Plan(impressions=200_000, users=10_000, drain_s=30.0, buckets=2**15)
+QUICK = Plan(impressions=30_000, users=2_000, drain_s=15.0, buckets=Settings().model_buckets)
+FULL = Plan(impressions=200_000, users=10_000, drain_s=30.0, buckets=Settings().model_buckets)
 
 
 def stream(plan: Plan, limit: int) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -343,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench_scale_out", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a small world, about 40 s of stream")
     parser.add_argument(
-        "--buckets", type=int, default=0, help="NEGSTREAM_MODEL_BUCKETS of both modes (2^15)"
+        "--buckets", type=int, default=0, help="NEGSTREAM_MODEL_BUCKETS of both modes (2^18)"
     )
     parser.add_argument(
         "--offline",
