@@ -39,6 +39,16 @@ YIELD_EVERY_S = 0.002
 #: power user's burst (hundreds of strong negatives, each with a fast-path update) would
 #: otherwise hold the event loop for its whole length.
 USER_STEP_EVENTS = 32
+#: Most users whose label windows go into one step of a sweep. Users due at once (after
+#: a restart, the first events move a partition's watermark past every recovered user's
+#: deadlines) are closed this many at a time, each slice's outputs and states queued for
+#: delivery before the next is folded. What the sweep keeps alive is then the steps that
+#: delivery holds (up to :data:`agents.delivery.MAX_UNDELIVERED_STEPS` queued and as many
+#: being sent), whose states stay decoded until sent: (2 * 8 + 1) * 512 = 8.7k users at
+#: most however many are due, fewer than the states kept open anyway
+#: (``NEGSTREAM_OPEN_STATES``, 10,000 by default). Large enough that a slice's own costs (a
+#: queued step, a call to compress states at rest) stay small beside folding its users.
+CLOSE_SLICE_USERS = 512
 
 
 #: Read ``topic[partition]`` again from ``offset``, forgetting the messages given (unacked).
@@ -113,7 +123,8 @@ class InputPipeline:
             return
         step = Step(events=list(events), ack=ack)
         async with self.lock:
-            await self._process(events, step)
+            # The batch's step, or the last of the label-window sweep that follows it.
+            step = await self._process(events, step)
             # Queued under the lock: steps are delivered in the order their states were made.
             await self.delivery.queue(step)
 
@@ -185,7 +196,10 @@ class InputPipeline:
         self.resting.forget_partitions(partitions)
         self.index_stale = True
 
-    async def _process(self, events: list[Message], step: Step) -> None:
+    async def _process(self, events: list[Message], step: Step) -> Step:
+        """Fold ``events`` into ``step``, then close the label windows due on their
+        partitions; return the step left to queue (``step`` itself unless the sweep filled
+        it and queued it)."""
         started = time.perf_counter()
         if self.index_stale:
             await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
@@ -250,12 +264,12 @@ class InputPipeline:
                     self.lane.applied(record.user_id, (record.event_id,))
                 if self.on_feedback is not None:
                     self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
-        for partition in touched:
-            await self.close_due(partition, step)
+        step = await self.close_due(touched, step)
         await self.resting.compress_due(watermarks, self.pause)
         _observe(outcomes)
         metrics.BATCH_EVENTS.observe(len(events))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return step
 
     async def pause(self) -> None:
         """Let the event loop run other tasks when this one has held it for a while.
@@ -296,16 +310,63 @@ class InputPipeline:
             step.changelog[partition][user] = state
             await self.pause()
 
-    async def close_due(self, partition: int, step: Step) -> None:
-        """Close every label window on ``partition`` that its clock has passed."""
-        heap = self.deadlines[partition]
-        watermark = self.watermarks(partition)
-        due: set[str] = set()
-        while heap and heap[0][0] <= watermark:
-            due.add(heapq.heappop(heap)[1])
+    async def close_due(self, partitions: Iterable[int], step: Step) -> Step:
+        """Close every label window on ``partitions`` that their clocks have passed, at most
+        :data:`CLOSE_SLICE_USERS` users a step.
+
+        Slices go into ``step`` until it holds that many users; it is then queued for
+        delivery, the states due to rest are compressed, and the next slice goes into a fresh
+        step. Returns the step written last, not queued yet: ``step`` itself unless more
+        users were due.
+
+        A partition's users due are closed in one order, however it is sliced, so each
+        topic's outputs come out in that order; a step publishes its score updates ahead of
+        its examples, so across the two topics they interleave step by step. A slice's
+        outputs and states go into one step, so a step delivered is complete; users due that
+        an error or a cancellation left unclosed are indexed as due again.
+        """
+        closing = 0  # users closed into `step`
+        for partition in partitions:
+            heap = self.deadlines[partition]
+            watermark = self.watermarks(partition)
+            due: set[str] = set()
+            while heap and heap[0][0] <= watermark:
+                due.add(heapq.heappop(heap)[1])
+            # One order for every slice: that of the set, as a single close would take.
+            order = list(due)
+            del due
+            closed = 0
+            try:
+                while closed < len(order):
+                    if closing >= CLOSE_SLICE_USERS:
+                        await self.delivery.queue(step)
+                        step, closing = Step(), 0
+                        await self.resting.compress_due(self.watermarks, self.pause)
+                    users = order[closed : closed + CLOSE_SLICE_USERS - closing]
+                    await self._close_slice(partition, heap, users, watermark, step)
+                    closed += len(users)
+                    closing += len(users)
+            finally:
+                # Taken from the index, not closed (an error or a cancellation stopped them).
+                for user_id in order[closed:]:
+                    heapq.heappush(heap, (watermark, user_id))
+            metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
+        return step
+
+    async def _close_slice(
+        self,
+        partition: int,
+        heap: list[tuple[float, str]],
+        users: Sequence[str],
+        watermark: float,
+        step: Step,
+    ) -> None:
+        """Close the label windows of ``users`` of ``partition`` due at ``watermark`` into
+        ``step`` (their outputs, then their states); index again, in ``heap``, the next
+        deadline of those with nothing to close."""
         closed = fold.Outputs()
         changed: list[tuple[str, UserState]] = []
-        for user_id in due:
+        for user_id in users:
             current = self.users.get(user_id)
             if current is None:
                 continue
@@ -327,18 +388,15 @@ class InputPipeline:
             await self._write_states(
                 ((user, partition, state) for user, state in changed), lambda _: watermark, step
             )
-        metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
 
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
-        step = Step()
         async with self.lock:
             # The periodic rebuild is a safety net: the index is derived from the table,
             # so a user it ever missed is picked up again within REBUILD_EVERY_S.
             if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
                 await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
-            for partition in list(self.deadlines):
-                await self.close_due(partition, step)
+            step = await self.close_due(list(self.deadlines), Step())
             await self.resting.compress_due(self.watermarks, self.pause)
             await self.delivery.queue(step)
 
