@@ -6,9 +6,9 @@ One partition, written by one trainer. Each update the trainer takes
 (:func:`model.sync.take_update`, a full snapshot or a delta) is cut into chunks
 (:func:`model.update.encode_update`, at most 900 KiB each) and written in order, one chunk a
 record. Every chunk says which update it belongs to and where in it it goes, so a reader
-feeds the records in offset order to one :class:`~model.update.UpdateAssembler` and applies
-each update it completes to a :class:`~model.sync.ModelReplica`, which takes a snapshot
-whatever it held and a delta only on top of the version it was taken against.
+feeds the records in offset order to one :class:`~model.update_reader.UpdateAssembler` and
+applies each update it completes to a :class:`~model.sync.ModelReplica`, which takes a
+snapshot whatever it held and a delta only on top of the version it was taken against.
 
 Skipping what a snapshot supersedes
 -----------------------------------

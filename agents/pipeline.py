@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from collections import Counter, defaultdict
@@ -15,11 +14,12 @@ from faust.types import Message
 
 from agents.delivery import Ack, OrderedDelivery, Step
 from agents.encoder import OutputEncoder, OutputRecord
+from agents.label_sweep import LabelSweep
 from agents.resting import REST_AFTER_S, RestingStates
 from agents.state import fold
 from agents.state.config import StateConfig
 from agents.state.ingest import RawMessage, decode_batch
-from agents.state.state import Schedule, UserState
+from agents.state.state import UserState
 from agents.watermarks import Watermarks
 from schemas.events import Feedback, Impression, Suppression
 from schemas.kinds import NO_REACTION, kind_group
@@ -31,24 +31,12 @@ log = logging.getLogger(__name__)
 
 Record = Impression | Feedback
 
-#: Seconds between rebuilds of the label-deadline index from the users table.
-REBUILD_EVERY_S = 30.0
 #: Longest CPU stretch of a batch before it lets the event loop run other tasks.
 YIELD_EVERY_S = 0.002
 #: A user's events of one batch are folded this many at a time, pausing in between: a
 #: power user's burst (hundreds of strong negatives, each with a fast-path update) would
 #: otherwise hold the event loop for its whole length.
 USER_STEP_EVENTS = 32
-#: Most users whose label windows go into one step of a sweep. Users due at once (after
-#: a restart, the first events move a partition's watermark past every recovered user's
-#: deadlines) are closed this many at a time, each slice's outputs and states queued for
-#: delivery before the next is folded. What the sweep keeps alive is then the steps that
-#: delivery holds (up to :data:`agents.delivery.MAX_UNDELIVERED_STEPS` queued and as many
-#: being sent), whose states stay decoded until sent: (2 * 8 + 1) * 512 = 8.7k users at
-#: most however many are due, fewer than the states kept open anyway
-#: (``NEGSTREAM_OPEN_STATES``, 10,000 by default). Large enough that a slice's own costs (a
-#: queued step, a call to compress states at rest) stay small beside folding its users.
-CLOSE_SLICE_USERS = 512
 
 
 #: Read ``topic[partition]`` again from ``offset``, forgetting the messages given (unacked).
@@ -100,10 +88,10 @@ class InputPipeline:
         self.resting = RestingStates(users, rest_after_s, settings.open_states)
         self.impressions_topic = settings.topic("impressions")
         self.feedback_topic = settings.topic("feedback")
-        self.deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        self.index_stale = True
+        self.sweep = LabelSweep(
+            config, users, watermarks, delivery, self.resting, self.pause, self._close_into
+        )
         self.recovery_seen: float | None = None
-        self.last_rebuild = 0.0
         self.last_yield = time.perf_counter()
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
@@ -175,7 +163,7 @@ class InputPipeline:
     def on_assigned(self, partitions: Iterable[int] = ()) -> None:
         """Input ``partitions`` were assigned: the deadline index is rebuilt before the next
         batch; offsets of partitions kept through the rebalance go on being checked."""
-        self.index_stale = True
+        self.sweep.mark_stale()
         self.watermarks.assigned(partitions)
 
     def on_recovery(self, ended_at: float | None) -> None:
@@ -184,25 +172,22 @@ class InputPipeline:
         stored compressed."""
         if ended_at != self.recovery_seen:
             self.recovery_seen = ended_at
-            self.index_stale = True
+            self.sweep.mark_stale()
             self.resting.recovered(self.users.user_ids())
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop the clocks and deadlines of partitions this worker no longer owns."""
         partitions = set(partitions)
         self.watermarks.forget_partitions(partitions)
-        for partition in partitions:
-            self.deadlines.pop(partition, None)
+        self.sweep.forget_partitions(partitions)
         self.resting.forget_partitions(partitions)
-        self.index_stale = True
 
     async def _process(self, events: list[Message], step: Step) -> Step:
         """Fold ``events`` into ``step``, then close the label windows due on their
         partitions; return the step left to queue (``step`` itself unless the sweep filled
         it and queued it)."""
         started = time.perf_counter()
-        if self.index_stale:
-            await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
+        await self.sweep.rebuild_if_stale()
         messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
         decoded = decode_batch(
@@ -264,7 +249,7 @@ class InputPipeline:
                     self.lane.applied(record.user_id, (record.event_id,))
                 if self.on_feedback is not None:
                     self.on_feedback(record.user_id, record.event_id, sent_ms[record.event_id])
-        step = await self.close_due(touched, step)
+        step = await self.sweep.close_due(touched, step)
         await self.resting.compress_due(watermarks, self.pause)
         _observe(outcomes)
         metrics.BATCH_EVENTS.observe(len(events))
@@ -289,9 +274,7 @@ class InputPipeline:
         state.watermark = max(state.watermark, watermark)
         self.users.put(user_id, state, partition)
         self.resting.written(user_id, partition, state)
-        deadline = fold.next_deadline(state, self.config)
-        if deadline is not None:
-            heapq.heappush(self.deadlines[partition], (deadline, user_id))
+        self.sweep.schedule(user_id, partition, state)
 
     async def _write_states(
         self,
@@ -310,116 +293,28 @@ class InputPipeline:
             step.changelog[partition][user] = state
             await self.pause()
 
-    async def close_due(self, partitions: Iterable[int], step: Step) -> Step:
-        """Close every label window on ``partitions`` that their clocks have passed, at most
-        :data:`CLOSE_SLICE_USERS` users a step.
-
-        Slices go into ``step`` until it holds that many users; it is then queued for
-        delivery, the states due to rest are compressed, and the next slice goes into a fresh
-        step. Returns the step written last, not queued yet: ``step`` itself unless more
-        users were due.
-
-        A partition's users due are closed in one order, however it is sliced, so each
-        topic's outputs come out in that order; a step publishes its score updates ahead of
-        its examples, so across the two topics they interleave step by step. A slice's
-        outputs and states go into one step, so a step delivered is complete; users due that
-        an error or a cancellation left unclosed are indexed as due again.
-        """
-        closing = 0  # users closed into `step`
-        for partition in partitions:
-            heap = self.deadlines[partition]
-            watermark = self.watermarks(partition)
-            due: set[str] = set()
-            while heap and heap[0][0] <= watermark:
-                due.add(heapq.heappop(heap)[1])
-            # One order for every slice: that of the set, as a single close would take.
-            order = list(due)
-            del due
-            closed = 0
-            try:
-                while closed < len(order):
-                    if closing >= CLOSE_SLICE_USERS:
-                        await self.delivery.queue(step)
-                        step, closing = Step(), 0
-                        await self.resting.compress_due(self.watermarks, self.pause)
-                    users = order[closed : closed + CLOSE_SLICE_USERS - closing]
-                    await self._close_slice(partition, heap, users, watermark, step)
-                    closed += len(users)
-                    closing += len(users)
-            finally:
-                # Taken from the index, not closed (an error or a cancellation stopped them).
-                for user_id in order[closed:]:
-                    heapq.heappush(heap, (watermark, user_id))
-            metrics.PENDING_IMPRESSIONS.set(sum(len(h) for h in self.deadlines.values()))
-        return step
-
-    async def _close_slice(
+    async def _close_into(
         self,
+        closed: fold.Outputs,
         partition: int,
-        heap: list[tuple[float, str]],
-        users: Sequence[str],
+        changed: list[tuple[str, UserState]],
         watermark: float,
         step: Step,
     ) -> None:
-        """Close the label windows of ``users`` of ``partition`` due at ``watermark`` into
-        ``step`` (their outputs, then their states); index again, in ``heap``, the next
-        deadline of those with nothing to close."""
-        closed = fold.Outputs()
-        changed: list[tuple[str, UserState]] = []
-        for user_id in users:
-            current = self.users.get(user_id)
-            if current is None:
-                continue
-            state, out = fold.advance(current, watermark, user_id, self.config)
-            await self.pause()
-            # Claimed feedback past its window leaves without an output: the state still
-            # changed, and keeping the old one would bring the user due again every sweep.
-            dropped = len(state.reactions) != len(current.reactions)
-            if out.examples or out.counts or dropped or len(state.pending) != len(current.pending):
-                closed.extend(out)
-                changed.append((user_id, state))
-            else:
-                deadline = fold.next_deadline(current, self.config)
-                if deadline is not None:
-                    heapq.heappush(heap, (deadline, user_id))
-        if changed:
-            _observe(closed.counts)
-            await self._publish(closed, {}, {user: partition for user, _ in changed}, step)
-            await self._write_states(
-                ((user, partition, state) for user, state in changed), lambda _: watermark, step
-            )
+        """Put what the label sweep closed on ``partition`` at ``watermark`` into ``step``:
+        the outputs, then the ``changed`` users' states."""
+        _observe(closed.counts)
+        await self._publish(closed, {}, {user: partition for user, _ in changed}, step)
+        await self._write_states(
+            ((user, partition, state) for user, state in changed), lambda _: watermark, step
+        )
 
     async def on_idle_tick(self) -> None:
         """Timer: rebuild the deadline index after recovery, and advance idle partitions."""
         async with self.lock:
-            # The periodic rebuild is a safety net: the index is derived from the table,
-            # so a user it ever missed is picked up again within REBUILD_EVERY_S.
-            if self.index_stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
-                await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
-            step = await self.close_due(list(self.deadlines), Step())
+            step = await self.sweep.close_all()
             await self.resting.compress_due(self.watermarks, self.pause)
             await self.delivery.queue(step)
-
-    async def rebuild_index(self, items: Iterable[tuple[str, Schedule]]) -> None:
-        """Rebuild the label deadlines from the table (after recovery or a rebalance).
-
-        Each partition's watermark resumes from the highest one its states were written
-        under: a redelivered event whose state write was lost is judged against a watermark
-        no later than the one it first met, and changelog writes of a partition are ordered,
-        so one whose write survived is dropped as a duplicate.
-        """
-        deadlines: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        for user_id, schedule in items:
-            self.watermarks.resume_from(schedule.partition, schedule.watermark)
-            deadline = fold.scheduled_deadline(schedule, self.config)
-            if deadline is not None:
-                deadlines[schedule.partition].append((deadline, user_id))
-            await self.pause()
-        self.deadlines = deadlines
-        for heap in self.deadlines.values():
-            heapq.heapify(heap)
-        self.index_stale = False
-        self.last_rebuild = time.monotonic()
 
     async def _publish(
         self,

@@ -15,18 +15,9 @@ Learning. Test-then-train batches (as a worker's :class:`agents.trainer.Trainer`
 model thread, never the event loop; the model marks the rows each batch writes
 (:class:`model.touched.TouchedRows`).
 
-Publishing. Every ``model_sync_s`` the model thread takes an update
-(:func:`model.sync.take_update`; the thread stops learning only for that copy), another
-thread cuts it into chunks, and the event loop writes them (:mod:`agents.model_topic`
-explains the keys that let a reader skip to the newest snapshot). The first update after a
-start is a full snapshot of a new lineage; the others are deltas, and every
-``model_snapshot_every``-th delta is followed by a full snapshot of the same version, for
-readers that start from it (a reader that applied the delta skips it unread). An update is
-published even when nothing was learned, so the replicas' model age says whether the trainer
-is alive. Each update names, per partition read, the last offset learned (-1: none yet), so
-a worker rescores an example's user once its model has learned the example. While the broker
-is away the same update is sent again until it is taken; learning goes on, and the next
-delta carries everything since.
+Publishing. Every ``model_sync_s`` an update of the model (a full snapshot first, then
+deltas) goes out on ``model-updates``, each naming the offsets learned so far
+(:class:`agents.trainer_updates.TrainerUpdates`).
 
 Data-parallel (``NEGSTREAM_TRAINER_WORLD`` > 1). ``world`` trainer processes join one
 ``torch.distributed`` group (gloo on cpu, nccl on cuda; :mod:`model.distributed`) and hold
@@ -49,7 +40,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,17 +50,10 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from agents.model_topic import UpdatePublisher
 from agents.trainer import CHECKPOINTED_IDS, fresh_examples, model_config, restore
-from model import (
-    CheckpointStore,
-    ExampleBatch,
-    ModelUpdate,
-    OnlineModel,
-    TouchedRows,
-    encode_update,
-)
+from agents.trainer_updates import TrainerUpdates
+from model import CheckpointStore, ExampleBatch, OnlineModel, TouchedRows
 from model.distributed import LOCAL, Collective
 from model.monitor.prequential import Prequential
-from model.sync import take_update
 from streams import metrics
 from streams.app import broker_credentials
 from streams.output import OutputProducer
@@ -129,10 +112,11 @@ class TrainerService:
         self._resume()
         self.prequential = Prequential(self.model)
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="negstream-trainer")
-        self.encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="negstream-encoder")
         self.outputs = OutputProducer(settings, "model-updates")
         self.publisher = UpdatePublisher(settings, self.outputs)
-        self.updates_taken = 0
+        self.updates = TrainerUpdates(
+            settings, self.model, self.model_thread, self._learned, self.publisher
+        )
         self.saved_version = self.model.version
         self.last_checkpoint = time.monotonic()
         self._stopping: asyncio.Event | None = None
@@ -192,8 +176,8 @@ class TrainerService:
             if publishes:
                 # The first update, taken before any learning: the state the trainer resumed.
                 loop = asyncio.get_running_loop()
-                first = await loop.run_in_executor(self.model_thread, self._take)
-                tasks.append(asyncio.create_task(self._publish_loop(first), name="trainer-publish"))
+                first = await loop.run_in_executor(self.model_thread, self.updates.take)
+                tasks.append(asyncio.create_task(self.updates.run(first), name="trainer-publish"))
             tasks.append(asyncio.create_task(self._learn_loop(consumer), name="trainer-learn"))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -210,7 +194,7 @@ class TrainerService:
                 log.error("the trainer stops without a checkpoint; it resumes from the last one")
             await self.outputs.stop()
             await consumer.stop()
-            self.encoder_thread.shutdown(wait=False, cancel_futures=True)
+            self.updates.close()
             self.model_thread.shutdown(wait=True)
 
     def _consumer(self) -> AIOKafkaConsumer:
@@ -238,6 +222,10 @@ class TrainerService:
 
     def _resume_offsets(self) -> dict[int, int]:
         return {p: self.offsets[p] + 1 if p in self.offsets else 0 for p in self.partitions}
+
+    def _learned(self) -> dict[int, int]:
+        """Per partition read, the last offset learned (or skipped) from; -1: none yet."""
+        return {partition: self.offsets.get(partition, -1) for partition in self.partitions}
 
     # --- learning ------------------------------------------------------------------------
 
@@ -390,42 +378,3 @@ class TrainerService:
         self.saved_version = self.model.version
         self.last_checkpoint = time.monotonic()
         return offsets
-
-    # --- publishing ------------------------------------------------------------------------
-
-    def _take(self) -> list[ModelUpdate]:
-        """The next updates (model thread): a full snapshot first; then a delta, followed
-        every ``model_snapshot_every``-th time by a full snapshot of the same version.
-
-        A replica that applied the delta holds that snapshot's state already and skips it
-        unread (:class:`agents.model_follower.ModelFollower`); the snapshot is there for
-        readers that start from it. Each update names the offsets learned so far, so a
-        worker knows which of its examples the update's model has learned.
-        """
-        learned = {partition: self.offsets.get(partition, -1) for partition in self.partitions}
-        if self.updates_taken == 0:
-            taken = [take_update(self.model, True)]
-        else:
-            taken = [take_update(self.model, False)]
-            if self.updates_taken % self.settings.model_snapshot_every == 0:
-                taken.append(take_update(self.model, True))
-        self.updates_taken += 1
-        return [replace(update, learned=learned) for update in taken]
-
-    async def _publish_loop(self, first: list[ModelUpdate]) -> None:
-        loop = asyncio.get_running_loop()
-        updates: list[ModelUpdate] | None = first
-        while True:
-            started = time.monotonic()
-            if updates is None:
-                updates = await loop.run_in_executor(self.model_thread, self._take)
-            for update in updates:
-                chunks = await loop.run_in_executor(self.encoder_thread, encode_update, update)
-                await self.publisher.publish(update, chunks)
-                if update.kind == "snapshot":
-                    log.info(
-                        "published snapshot of version %d: %d chunks, %.1f MB",
-                        update.version, len(chunks), sum(map(len, chunks)) / 1e6,
-                    )  # fmt: skip
-            updates = None
-            await asyncio.sleep(max(0.0, self.settings.model_sync_s - (time.monotonic() - started)))

@@ -26,15 +26,8 @@ from model.online import OnlineModel
 from model.sampling import sample_extra_negatives
 from model.sync import ModelReplica, take_update
 from model.touched import TouchedRows
-from model.update import (
-    ModelUpdate,
-    TableRows,
-    UpdateAssembler,
-    UpdateHead,
-    decode_update,
-    encode_update,
-    peek_update,
-)
+from model.update import ModelUpdate, TableRows, encode_update
+from model.update_reader import UpdateAssembler, UpdateHead, decode_update, peek_update
 from model.wide import RateRegression
 
 __all__ = [

@@ -120,7 +120,7 @@ class ModelConfig:
         Severity of each feedback kind; kinds absent here (and ``"none"``) weigh 1. Used for
         an example without a ``weight`` (the join sets it). The loss weighs the explicit-
         given-negative logit's positives by it, rescaled to mean 1 a batch (see
-        ``model.online._internal_weights``): a report ranks above a dislike in p(explicit)
+        ``model.objective.internal_weights``): a report ranks above a dislike in p(explicit)
         without inflating it. p(negative) is unweighted: weighting it too cost 0.006 / 0.003
         AUC of any negative on the uniform / heavy worlds (200k impressions).
     lr

@@ -18,15 +18,20 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from model.batch import CandidateBatch, ExampleBatch
 from model.config import HEADS, ID_FIELDS, ModelConfig, p_negative, resolve_device
 from model.distributed import Collective, gradients_of, set_gradients
 from model.hashing import cross_buckets
-from model.lazy_adagrad import LazyAdagrad
-from model.lazy_adam import LazyAdam
 from model.network import LOGITS, Network
+from model.objective import (
+    heads_array,
+    heads_of,
+    internal_targets,
+    internal_weights,
+    weighted_loss,
+)
+from model.optimizers import network_optimizers
 from model.sampling import sample_extra_negatives
 from model.touched import TouchedRows
 from model.wide import RateRegression
@@ -36,94 +41,8 @@ __all__ = ["CROSS_BIAS_ROWS", "EMBEDDING_ROWS", "RATE_ROWS", "OnlineModel", "hea
 #: Names of the id embeddings, cross biases and rate table in :attr:`OnlineModel.changes`.
 EMBEDDING_ROWS, CROSS_BIAS_ROWS, RATE_ROWS = "network.table", "network.biases", "wide.table"
 
-_EXPLICIT = HEADS.index("explicit_negative")
-_IMPLICIT = HEADS.index("implicit_negative")
-_ENGAGEMENT = HEADS.index("engagement")
-_NEGATIVE = LOGITS.index("negative")
 _EXPLICIT_GIVEN_NEGATIVE = LOGITS.index("explicit_given_negative")
-_ENGAGED = LOGITS.index("engagement")
 _FIELDS = len(ID_FIELDS)
-#: Logits are clipped here before becoming probabilities, which stay inside (0, 1) in float32.
-_LOGIT_LIMIT = 15.0
-
-
-def _internal_targets(targets: torch.Tensor) -> torch.Tensor:
-    """Head targets ``[n, HEADS]`` -> targets of :data:`~model.network.LOGITS`."""
-    negative = torch.maximum(targets[:, _EXPLICIT], targets[:, _IMPLICIT])
-    return torch.stack([negative, targets[:, _EXPLICIT], targets[:, _ENGAGEMENT]], dim=1)
-
-
-def _internal_weights(
-    internal: torch.Tensor, weights: torch.Tensor, mean: float | None = None
-) -> torch.Tensor:
-    """Loss weight of each row and logit ``[n, len(LOGITS)]``.
-
-    Severity (the example's ``weight``) weighs the explicit-given-negative logit's positives,
-    rescaled to mean 1 over the batch's explicit negatives (``mean``: their mean weight over
-    every rank's batch when data-parallel): a report pulls harder than a
-    dislike, but explicit negatives as a whole pull as hard as unweighted ones, so the head
-    stays calibrated. That logit learns from negative rows only. The negative and engagement
-    logits weigh every row 1: severity on p(negative) itself cost 0.003-0.006 AUC of "any
-    negative" on both simulated worlds (it ranks a report above a skip, not one user's
-    negatives above another's).
-    """
-    negative, explicit = internal[:, _NEGATIVE], internal[:, _EXPLICIT_GIVEN_NEGATIVE]
-    if mean is None:
-        # Sums, not boolean indexing: no host sync a step; a batch without positives scales by 1.
-        local = (weights * explicit).sum() / explicit.sum().clamp_min(1.0)
-        severity = explicit * (weights / local.clamp_min(1e-12) - 1.0) + 1.0
-    else:
-        severity = explicit * (weights / max(mean, 1e-12) - 1.0) + 1.0
-    ones = torch.ones_like(negative)
-    return torch.stack([ones, negative * severity, ones], dim=1)
-
-
-def _loss(
-    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, rows: int | None = None
-) -> Any:
-    """Mean weighted loss of a row; ``rows``: the rows of every rank when data-parallel (the
-    ranks' gradients then sum to the gradient of the mean over all of them)."""
-    per_logit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    per_row = (per_logit * weights).sum(1)
-    return per_row.mean() if rows is None else per_row.sum() / rows
-
-
-def heads_of(logits: torch.Tensor) -> torch.Tensor:
-    """Per-head probabilities ``[n, HEADS]`` of :data:`~model.network.LOGITS` logits.
-
-    With ``q = p(negative)`` and ``r = p(explicit | negative)``: explicit ``q r``, implicit
-    ``q (1 - r) / (1 - q r)`` (implicit given no explicit one), so that
-    ``1 - (1 - explicit)(1 - implicit)``, :func:`~model.config.p_negative`, is ``q`` exactly.
-
-    Examples
-    --------
-    >>> heads = heads_of(torch.tensor([[0.0, 0.0, 1.0]]))
-    >>> [round(p, 4) for p in heads[0].tolist()]
-    [0.25, 0.3333, 0.7311]
-    >>> round(float(1 - (1 - heads[0, 0]) * (1 - heads[0, 1])), 4)
-    0.5
-    """
-    z = logits.to(torch.float64).clamp(-_LOGIT_LIMIT, _LOGIT_LIMIT)
-    q = torch.sigmoid(z[:, _NEGATIVE])
-    explicit = q * torch.sigmoid(z[:, _EXPLICIT_GIVEN_NEGATIVE])
-    implicit = q * torch.sigmoid(-z[:, _EXPLICIT_GIVEN_NEGATIVE]) / (1.0 - explicit)
-    engagement = torch.sigmoid(z[:, _ENGAGED])
-    columns = {_EXPLICIT: explicit, _IMPLICIT: implicit, _ENGAGEMENT: engagement}
-    return torch.stack([columns[index] for index in range(len(HEADS))], dim=1)
-
-
-def _heads_array(logits: torch.Tensor) -> npt.NDArray[np.float32]:
-    """:func:`heads_of` the (detached) ``logits``, as a ``float32`` array on the host."""
-    return heads_of(logits).to("cpu").numpy().astype(np.float32)
-
-
-def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    try:
-        # fused: one kernel for all MLP tensors instead of a Python loop over them (~1 ms a
-        # step on the benchmark CPU); torch < 2.4 has no fused Adam on cpu.
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:
-        return torch.optim.Adam(params, lr=lr)
 
 
 def _detached_cpu(value: Any, copy: bool = True) -> Any:
@@ -147,7 +66,7 @@ class OnlineModel:
     (Newton) steps, and a deep part, :class:`~model.network.Network`, that starts at zero,
     blends in over ``deep_warmup`` examples and learns what the wide part leaves; the wide
     part in turn fits around the deep part's logits, so neither counts what the other has.
-    :func:`heads_of` turns the logits into the heads.
+    :func:`~model.objective.heads_of` turns the logits into the heads.
 
     Parameters
     ----------
@@ -209,31 +128,11 @@ class OnlineModel:
             np.arange(len(self._crosses), dtype=np.int64) * self.config.cross_buckets
         )
         sparse = list(self._net.table.parameters())
-        # Cross biases always use (lazy, sparse) Adagrad at their own ``wide_lr`` and initial
-        # accumulator, whichever optimiser the embeddings use.
-        biases = {
-            "params": list(self._net.biases.parameters()),
-            "lr": self.config.wide_lr,
-            "initial_accumulator_value": self.config.wide_initial_accumulator,
-        }
+        biases = list(self._net.biases.parameters())
         dense = [*self._net.mlp.parameters(), *self._net.interactions.parameters()]
-        self._sparse = [*sparse, *self._net.biases.parameters()]
+        self._sparse = [*sparse, *biases]
         self._dense = dense
-        lr = self.config.lr
-        self._optimizers: list[torch.optim.Optimizer]
-        if self.config.optimizer == "adagrad+adam":
-            self._optimizers = [
-                LazyAdagrad([{"params": sparse}, biases], lr=self.config.embedding_lr),
-                _adam(dense, lr),
-            ]
-        elif self.config.optimizer == "adam":
-            self._optimizers = [
-                LazyAdam(sparse, lr=lr),
-                LazyAdagrad([biases]),
-                _adam(dense, lr),
-            ]
-        else:
-            self._optimizers = [torch.optim.Adagrad(sparse + dense, lr=lr), LazyAdagrad([biases])]
+        self._optimizers = network_optimizers(self.config, sparse, biases, dense)
         self.version = 0
         self.examples_seen = 0
 
@@ -334,7 +233,7 @@ class OnlineModel:
         if predict and not shared_forward:
             predictions = self.predict_many(examples)
         ids, bias_rows = self._tensors(rows)
-        targets = _internal_targets(torch.from_numpy(rows.targets).to(self.device))
+        targets = internal_targets(torch.from_numpy(rows.targets).to(self.device))
         row_weights = torch.from_numpy(rows.weights).to(self.device)
         all_rows: int | None = None
         mean: float | None = None
@@ -349,7 +248,7 @@ class OnlineModel:
                 return predictions
             weighted, count = (sum(rank[k] for rank in sizes) for k in (2, 3))
             mean = weighted / max(count, 1.0)
-        weights = _internal_weights(targets, row_weights, mean)
+        weights = internal_weights(targets, row_weights, mean)
         base = self._wide.logits(wide)
         net = self._net
         net.train()
@@ -357,8 +256,8 @@ class OnlineModel:
         residual = net(embedded, wide, bias_rows, all_rows) * self._blend()
         logits = base + residual
         if predict and shared_forward:
-            predictions = _heads_array(logits.detach())
-        loss = _loss(logits, targets, weights, all_rows)
+            predictions = heads_array(logits.detach())
+        loss = weighted_loss(logits, targets, weights, all_rows)
         if self.config.adversarial_eps > 0:
             loss = loss + self.config.adversarial_weight * self._adversarial_loss(
                 loss, ids, embedded, wide, bias_rows, base, targets, weights, all_rows
@@ -418,7 +317,7 @@ class OnlineModel:
         present = (ids != offsets).unsqueeze(2)
         delta = self.config.adversarial_eps * F.normalize(grad, dim=2) * present
         residual = self._net(embedded + delta.detach(), wide, bias_rows, rows) * self._blend()
-        return _loss(base + residual, targets, weights, rows)
+        return weighted_loss(base + residual, targets, weights, rows)
 
     @torch.no_grad()
     def predict_many(
@@ -433,7 +332,7 @@ class OnlineModel:
         self._net.eval()
         residual = self._net(self._net.embed(ids), wide, bias_rows) * self._blend()
         logits = self._wide.logits(wide) + residual
-        return _heads_array(logits)
+        return heads_array(logits)
 
     def p_negative(
         self, batch: CandidateBatch | Sequence[Mapping[str, Any]]

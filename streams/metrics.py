@@ -217,7 +217,7 @@ EVENT_LOOP_LAG = Histogram(
 )
 
 # --- the shared model: ``negstream trainer`` publishes updates to model-updates, workers with
-# NEGSTREAM_MODEL_SOURCE=remote apply them (agents/trainer_service.py, agents/model_follower.py).
+# NEGSTREAM_MODEL_SOURCE=remote apply them (agents/trainer_updates.py, agents/model_follower.py).
 MODEL_UPDATE_KINDS = ("snapshot", "delta")
 MODEL_UPDATES_PUBLISHED = Counter(
     "negstream_model_updates_published_total",

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents import pipeline
+from agents import label_sweep
 from agents.delivery import Step
 from agents.state import fold
 from tests.driver import FoldDriver
@@ -69,7 +69,7 @@ def _states(driver: FoldDriver) -> dict[str, Any]:
 
 def _idle_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
     """Every user fed in one batch, then every label window closed by one idle tick."""
-    monkeypatch.setattr(pipeline, "CLOSE_SLICE_USERS", bound)
+    monkeypatch.setattr(label_sweep, "CLOSE_SLICE_USERS", bound)
     driver = FoldDriver()
     steps = _Steps(driver)
 
@@ -98,13 +98,13 @@ def test_an_idle_tick_closes_many_users_a_bounded_slice_a_step(
     assert len(examples) == USERS
     assert _published(sliced) == (examples, updates)
     assert _states(sliced) == _states(whole)
-    assert not any(sliced.pipeline.deadlines.values())
+    assert not any(sliced.pipeline.sweep.deadlines.values())
 
 
 def _batch_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
     """Every user fed in one batch; a later batch moves both inputs' clocks past every
     label window, so the batch path closes them all."""
-    monkeypatch.setattr(pipeline, "CLOSE_SLICE_USERS", bound)
+    monkeypatch.setattr(label_sweep, "CLOSE_SLICE_USERS", bound)
     driver = FoldDriver()
     steps = _Steps(driver)
     late = T0 + 86_400.0
@@ -152,7 +152,7 @@ def test_a_sweep_stopped_by_an_error_leaves_the_users_it_did_not_close_due(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     whole, _ = _idle_close(monkeypatch, USERS + 1)
-    monkeypatch.setattr(pipeline, "CLOSE_SLICE_USERS", SLICE)
+    monkeypatch.setattr(label_sweep, "CLOSE_SLICE_USERS", SLICE)
     driver = FoldDriver()
     steps = _Steps(driver)
     advance = fold.advance
@@ -167,7 +167,7 @@ def test_a_sweep_stopped_by_an_error_leaves_the_users_it_did_not_close_due(
 
     async def stopped() -> None:
         await driver.feed(_records(driver))
-        monkeypatch.setattr(pipeline.fold, "advance", failing)
+        monkeypatch.setattr(fold, "advance", failing)
         await driver.finish()
 
     with pytest.raises(RuntimeError, match="advance failed"):
@@ -176,13 +176,13 @@ def test_a_sweep_stopped_by_an_error_leaves_the_users_it_did_not_close_due(
     # of the sweep did not close are due again.
     assert [users for users, _ in steps.steps[1:]] == [SLICE, SLICE]
     assert len(driver.captured.examples) == 2 * SLICE
-    due = {user for heap in driver.pipeline.deadlines.values() for _, user in heap}
+    due = {user for heap in driver.pipeline.sweep.deadlines.values() for _, user in heap}
     assert len(due) == USERS - 2 * SLICE
-    monkeypatch.setattr(pipeline.fold, "advance", advance)
+    monkeypatch.setattr(fold, "advance", advance)
     asyncio.run(driver.pipeline.on_idle_tick())
     examples, updates = _published(whole)
     key = orjson.dumps
     assert sorted(map(key, driver.captured.examples)) == sorted(map(key, examples))
     assert sorted(map(key, driver.captured.updates)) == sorted(map(key, updates))
     assert _states(driver) == _states(whole)
-    assert not any(driver.pipeline.deadlines.values())
+    assert not any(driver.pipeline.sweep.deadlines.values())

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from agents import pipeline
 from agents.state import fold
 from streams.settings import Settings
 from tests.driver import FoldDriver
@@ -34,7 +33,7 @@ def test_a_user_is_swept_once_for_the_label_and_once_for_the_feedback_leaving(
         advanced[user_id] += 1
         return advance(state, watermark, user_id, config)
 
-    monkeypatch.setattr(pipeline.fold, "advance", counting)
+    monkeypatch.setattr(fold, "advance", counting)
 
     async def go() -> None:
         await driver.pipeline.process([

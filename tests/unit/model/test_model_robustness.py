@@ -16,7 +16,7 @@ from model import (
     OnlineModel,
     sample_extra_negatives,
 )
-from model.online import _internal_targets, _internal_weights, _loss
+from model.objective import internal_targets, internal_weights, weighted_loss
 
 # The deep part whole from the first step: these tests are about its options.
 CONFIG = ModelConfig(buckets=2**10, cross_buckets=2**10, features=(), deep_warmup=0.0)
@@ -127,10 +127,10 @@ def test_adversarial_perturbation_raises_the_loss() -> None:
     wide = model._wide.inputs(batch, model._wide.rows(batch))
     base = model._wide.logits(wide)
     # On the model's device (cuda when present), as learn_many puts them.
-    targets = _internal_targets(torch.from_numpy(batch.targets).to(model.device))
-    weights = _internal_weights(targets, torch.from_numpy(batch.weights).to(model.device))
+    targets = internal_targets(torch.from_numpy(batch.targets).to(model.device))
+    weights = internal_weights(targets, torch.from_numpy(batch.weights).to(model.device))
     embedded = model._net.embed(ids)
-    clean = _loss(base + model._net(embedded, wide, bias_rows), targets, weights)
+    clean = weighted_loss(base + model._net(embedded, wide, bias_rows), targets, weights)
     adversarial = model._adversarial_loss(
         clean, ids, embedded, wide, bias_rows, base, targets, weights
     )
@@ -163,15 +163,15 @@ def test_severity_reweights_explicit_negatives_without_inflating_them() -> None:
     """Severity ranks explicit negatives among themselves; their total pull stays unweighted,
     and p(negative) and engagement are never weighted by it."""
     heads = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
-    targets = _internal_targets(heads)
+    targets = internal_targets(heads)
     assert targets.tolist() == [[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 1]]
     # Same severity on every explicit negative (and any on the others): the plain weights.
-    plain = _internal_weights(targets, torch.ones(4))
+    plain = internal_weights(targets, torch.ones(4))
     assert plain.tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 0, 1]]
-    same = _internal_weights(targets, torch.tensor([5.0, 5.0, 1.0, 0.5]))
+    same = internal_weights(targets, torch.tensor([5.0, 5.0, 1.0, 0.5]))
     assert torch.equal(same, plain)
     # A report next to a dislike: the report's row counts more, their mean weight stays 1.
-    mixed = _internal_weights(targets, torch.tensor([5.0, 3.0, 1.0, 1.0]))
+    mixed = internal_weights(targets, torch.tensor([5.0, 3.0, 1.0, 1.0]))
     assert mixed[:, 1].tolist() == pytest.approx([1.25, 0.75, 1.0, 0.0])
     assert mixed[:, 0].tolist() == mixed[:, 2].tolist() == [1.0] * 4
 
@@ -181,4 +181,4 @@ def test_loss_is_the_weighted_mean_of_each_logits_log_loss() -> None:
     targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     weights = torch.tensor([[1.0, 2.0, 1.0], [1.0, 0.0, 1.0]])
     # log 2 per weighted logit, 1 + 2 + 1 + 1 + 0 + 1 weights over 2 rows.
-    assert _loss(logits, targets, weights).item() == pytest.approx(6 * math.log(2) / 2)
+    assert weighted_loss(logits, targets, weights).item() == pytest.approx(6 * math.log(2) / 2)

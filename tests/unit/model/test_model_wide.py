@@ -20,7 +20,7 @@ from model import (
     p_negative,
 )
 from model.id_rates import label_columns, smoothed
-from model.online import heads_of
+from model.objective import heads_of
 
 NEGATIVE = RATE_COLUMNS.index("negative")
 CONFIG = ModelConfig(buckets=2**8, cross_buckets=2**8, features=("impressions_long",))

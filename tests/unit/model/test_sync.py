@@ -17,7 +17,8 @@ import torch
 
 from model import ExampleBatch, ModelConfig, OnlineModel
 from model.sync import ModelReplica, ModelUpdate, TableRows, TouchedRows, take_update
-from model.update import UpdateAssembler, decode_update, encode_update
+from model.update import encode_update
+from model.update_reader import UpdateAssembler, decode_update
 
 Stream = Callable[..., list[dict[str, Any]]]
 
