@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from sys import intern
 from typing import Final
 
+from schemas.kinds import EXPLICIT_NEGATIVE, NEGATIVE_KINDS
+
 IMPRESSIONS: Final = "imp"
 NEGATIVES: Final = "neg"
 POSITIVES: Final = "pos"
@@ -64,6 +66,23 @@ def item_exposure(item_id: str) -> str:
 def creator_exposure(creator_id: str) -> str:
     """Counter of impressions of one creator's items."""
     return intern("c:" + creator_id)
+
+
+def feedback_counters(kind: str, creator_id: str | None, category: str | None) -> tuple[
+    list[str], list[str]
+]:  # fmt: skip
+    """(totals, per-id names) a feedback event counts."""
+    if kind in NEGATIVE_KINDS:
+        totals = [NEGATIVES, by_kind(kind)]
+        if kind in EXPLICIT_NEGATIVE:
+            totals.append(EXPLICIT_NEGATIVES)
+        named = []
+        if creator_id is not None:
+            named.append(creator_negatives(creator_id))
+        if category is not None:
+            named.append(category_negatives(category))
+        return totals, named
+    return [POSITIVES, by_kind(kind)], []
 
 
 def interned(bucket: Mapping[str, int]) -> dict[str, int]:

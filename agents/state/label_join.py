@@ -1,0 +1,201 @@
+"""The label join: when an impression is due, the feedback it claims and the example it makes."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+from agents.state import counters
+from agents.state.config import StateConfig
+from agents.state.counters import feedback_counters
+from agents.state.features import Sums, cut_of, feature_row, short_sums, window_sums
+from agents.state.outputs import Outputs
+from agents.state.state import Pending, Reaction, Schedule, UserState
+from schemas.events import FEATURE_NAMES, Example
+from schemas.kinds import label_of, severity
+
+#: Feedback up to this many seconds before its impression's time still joins (clock skew).
+JOIN_SKEW_S = 5.0
+
+
+def label_due(pending: Pending, config: StateConfig) -> float:
+    """Watermark at which an impression is labelled."""
+    return _label_due_at(pending.timestamp, config)
+
+
+def reaction_due(reaction: Reaction, config: StateConfig) -> float:
+    """Watermark past which no open impression can claim a feedback event."""
+    return _reaction_due_at(reaction.timestamp, config)
+
+
+def _label_due_at(timestamp: float, config: StateConfig) -> float:
+    return timestamp + config.label_window_s + JOIN_SKEW_S
+
+
+def _reaction_due_at(timestamp: float, config: StateConfig) -> float:
+    return timestamp + config.label_window_s + 2 * JOIN_SKEW_S
+
+
+def next_deadline(state: UserState, config: StateConfig) -> float | None:
+    """Watermark at which the user's earliest open impression or reaction is due, if any."""
+    times = [label_due(p, config) for p in state.pending]
+    times += [reaction_due(r, config) for r in state.reactions]
+    return min(times) if times else None
+
+
+def scheduled_deadline(schedule: Schedule, config: StateConfig) -> float | None:
+    """:func:`next_deadline` of the state ``schedule`` was read from."""
+    times = [_label_due_at(t, config) for t in schedule.pending_times]
+    times += [_reaction_due_at(t, config) for t in schedule.reaction_times]
+    return min(times) if times else None
+
+
+def _joins(pending: Pending, reaction: Reaction, config: StateConfig) -> bool:
+    if pending.item_id != reaction.item_id:
+        return False
+    if pending.request_id and reaction.request_id and pending.request_id != reaction.request_id:
+        return False
+    delay = reaction.timestamp - pending.timestamp
+    return -JOIN_SKEW_S <= delay <= config.label_window_s
+
+
+def close_due(
+    state: UserState, watermark: float, user_id: str, config: StateConfig, out: Outputs
+) -> None:
+    """Label, into ``out``, the impressions due at event time ``watermark``; drop the
+    reactions no impression can claim any more.
+
+    Event time, whatever the read order (README "Event-time semantics"):
+
+    * an impression is labelled once the watermark is ``label_window_s + JOIN_SKEW_S`` past
+      it, when every event of either input up to then has been read;
+    * a feedback event belongs to the latest impression (by event time) of its item (and
+      request, when both name one) that it follows within the label window, or precedes by
+      at most ``JOIN_SKEW_S``;
+    * the example's features are the user's tables as of the start of its impression's step
+      (:mod:`agents.state.features`), less its own feedback.
+    """
+    due = [p for p in state.pending if label_due(p, config) <= watermark]
+    if len(state.pending) - len(due) > config.max_pending:
+        # The oldest open impressions are labelled now, with the feedback read so far.
+        still_open = sorted(
+            (p for p in state.pending if label_due(p, config) > watermark),
+            key=lambda p: (p.timestamp, p.event_id),
+        )
+        forced = still_open[: len(still_open) - config.max_pending]
+        out.counts["capped:pending"] += len(forced)
+        due += forced
+    if due:
+        _label(state, due, user_id, config, out)
+    kept, unclaimed = [], 0
+    for reaction in state.reactions:
+        if reaction_due(reaction, config) <= watermark:
+            unclaimed += not reaction.claimed
+        else:
+            kept.append(reaction)
+    if len(kept) > config.max_reactions:
+        kept.sort(key=lambda r: (r.timestamp, r.event_id))
+        dropped = kept[: len(kept) - config.max_reactions]
+        out.counts["capped:reactions"] += len(dropped)
+        unclaimed += sum(not r.claimed for r in dropped)
+        kept = kept[len(dropped) :]
+    if unclaimed:
+        out.counts["unmatched_feedback"] += unclaimed
+    state.reactions = kept
+
+
+def _label(
+    state: UserState, due: list[Pending], user_id: str, config: StateConfig, out: Outputs
+) -> None:
+    by_item: defaultdict[str, list[Pending]] = defaultdict(list)
+    for pending in state.pending:
+        by_item[pending.item_id].append(pending)
+    reactions: defaultdict[str, list[int]] = defaultdict(list)
+    for index, reaction in enumerate(state.reactions):
+        reactions[reaction.item_id].append(index)
+    due.sort(key=lambda p: (p.timestamp, p.event_id))
+    done = {p.event_id for p in due}
+    sums_at: dict[int, tuple[Sums, Sums]] = {}
+    for pending in due:
+        order = (pending.timestamp, pending.event_id)
+        claimed: list[Reaction] = []
+        for index in reactions.get(pending.item_id, ()):
+            reaction = state.reactions[index]
+            if reaction.claimed or not _joins(pending, reaction, config):
+                continue
+            # A feedback event belongs to the latest impression it joins.
+            later = any(
+                (other.timestamp, other.event_id) > order and _joins(other, reaction, config)
+                for other in by_item[pending.item_id]
+            )
+            if later:
+                continue
+            claimed.append(reaction)
+            state.reactions[index] = replace(reaction, claimed=True)
+        if _flagged_during(state, pending, config):
+            out.counts["abuse_excluded"] += 1
+        else:
+            out.examples.append(_example(state, user_id, pending, claimed, config, sums_at))
+        by_item[pending.item_id] = [p for p in by_item[pending.item_id] if p is not pending]
+    state.pending = [p for p in state.pending if p.event_id not in done]
+
+
+def _example(
+    state: UserState,
+    user_id: str,
+    pending: Pending,
+    claimed: list[Reaction],
+    config: StateConfig,
+    sums_at: dict[int, tuple[Sums, Sums]],
+) -> Example:
+    cut = cut_of(pending.timestamp, config)
+    # Its own feedback is never among its features: feedback up to JOIN_SKEW_S before the
+    # impression can fall before the cut.
+    minus: Counter[str] = Counter()
+    for reaction in claimed:
+        if cut_of(reaction.timestamp, config) < cut:
+            totals, named = feedback_counters(reaction.kind, reaction.creator_id,
+                                              reaction.category)  # fmt: skip
+            minus.update(totals + named)
+    if minus:
+        short, long = window_sums(state, config, cut, minus)
+    else:
+        cached = sums_at.get(cut)
+        if cached is None:
+            cached = sums_at[cut] = window_sums(state, config, cut)
+        short, long = cached
+    row = feature_row(short, long, pending.item_id, pending.creator_id, pending.category)
+    kinds = tuple(r.kind for r in sorted(claimed, key=lambda r: (r.timestamp, r.event_id)))
+    label = label_of(kinds)
+    label_ts = max((r.timestamp for r in claimed), default=None)
+    return Example(
+        example_id=pending.event_id,
+        user_id=user_id,
+        item_id=pending.item_id,
+        timestamp=pending.timestamp,
+        label=label,
+        weight=severity(label),
+        creator_id=pending.creator_id,
+        category=pending.category,
+        request_id=pending.request_id,
+        kinds=kinds,
+        features=dict(zip(FEATURE_NAMES, row, strict=True)),
+        label_delay_s=None if label_ts is None else label_ts - pending.timestamp,
+    )
+
+
+#: A flagged user's examples are excluded while its negatives outnumber its impressions by
+#: this much in the short window: a bot's flood, not a heavy user skipping through a feed.
+FLOOD_RATIO = 2.0
+
+
+def _flagged_during(state: UserState, pending: Pending, config: StateConfig) -> bool:
+    # Excluded when the user was flagged (over ``abuse_negative_cap`` negatives in the short
+    # window) at any point of the impression's label window and flooded negatives without
+    # matching impressions then. Both use only events up to the window's end, all read by the
+    # time the impression is labelled, so the verdict does not depend on the read order.
+    start, end = pending.timestamp, pending.timestamp + config.label_window_s
+    if not (state.flagged_since <= end and start <= state.flagged_until):
+        return False
+    short = short_sums(state, config, cut_of(end, config) + 1)
+    return short.get(counters.NEGATIVES) > FLOOD_RATIO * short.get(counters.IMPRESSIONS)
