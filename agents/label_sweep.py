@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -81,9 +82,10 @@ class LabelSweep:
             self.deadlines.pop(partition, None)
         self.stale = True
 
-    async def rebuild_if_stale(self) -> None:
-        """Rebuild the index from the users table if it is stale."""
-        if self.stale:
+    async def rebuild_if_stale(self, max_age_s: float = math.inf) -> None:
+        """Rebuild the index from the users table if it is stale, or older than
+        ``max_age_s``."""
+        if self.stale or time.monotonic() - self.last_rebuild > max_age_s:
             await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
 
     async def close_all(self) -> Step:
@@ -91,8 +93,7 @@ class LabelSweep:
         index rebuilt first when stale or old; return the step written last, not queued."""
         # The periodic rebuild is a safety net: the index is derived from the table,
         # so a user it ever missed is picked up again within REBUILD_EVERY_S.
-        if self.stale or time.monotonic() - self.last_rebuild > REBUILD_EVERY_S:
-            await self.rebuild_index(self.users.views(Schedule.of, Schedule.from_wire))
+        await self.rebuild_if_stale(REBUILD_EVERY_S)
         return await self.close_due(list(self.deadlines), Step())
 
     async def close_due(self, partitions: Iterable[int], step: Step) -> Step:

@@ -5,6 +5,7 @@ them all; a sweep stopped by an error leaves the users it did not close due."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -67,18 +68,30 @@ def _states(driver: FoldDriver) -> dict[str, Any]:
     return {user: state.to_wire() for user, state in driver.users.items()}
 
 
-def _idle_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
-    """Every user fed in one batch, then every label window closed by one idle tick."""
+def _drive(
+    monkeypatch: pytest.MonkeyPatch, bound: int, *batches: Callable[[FoldDriver], list[Any]]
+) -> tuple[FoldDriver, _Steps]:
+    """Every user fed in one batch, then ``batches`` (made for the driver), with slices of
+    at most ``bound`` users; without ``batches`` an idle tick closes every label window."""
     monkeypatch.setattr(label_sweep, "CLOSE_SLICE_USERS", bound)
     driver = FoldDriver()
     steps = _Steps(driver)
+    later = [batch(driver) for batch in batches]
 
     async def go() -> None:
         await driver.feed(_records(driver))
-        await driver.finish()
+        for messages in later:
+            await driver.feed(messages)
+        if not later:
+            await driver.finish()
 
     asyncio.run(go())
     return driver, steps
+
+
+def _idle_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
+    """Every user fed in one batch, then every label window closed by one idle tick."""
+    return _drive(monkeypatch, bound)
 
 
 def test_an_idle_tick_closes_many_users_a_bounded_slice_a_step(
@@ -101,14 +114,10 @@ def test_an_idle_tick_closes_many_users_a_bounded_slice_a_step(
     assert not any(sliced.pipeline.sweep.deadlines.values())
 
 
-def _batch_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
-    """Every user fed in one batch; a later batch moves both inputs' clocks past every
-    label window, so the batch path closes them all."""
-    monkeypatch.setattr(label_sweep, "CLOSE_SLICE_USERS", bound)
-    driver = FoldDriver()
-    steps = _Steps(driver)
+def _moving(driver: FoldDriver) -> list[Any]:
+    """A batch that moves both inputs' clocks past every label window."""
     late = T0 + 86_400.0
-    moving = [
+    return [
         driver.message("impressions", f"v{p}".encode(), orjson.dumps(
             {"event_id": f"iv{p}", "user_id": f"v{p}", "item_id": "x", "timestamp": late}), p)
         for p in (0, 1)
@@ -119,12 +128,11 @@ def _batch_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDrive
         for p in (0, 1)
     ]  # fmt: skip
 
-    async def go() -> None:
-        await driver.feed(_records(driver))
-        await driver.feed(moving)
 
-    asyncio.run(go())
-    return driver, steps
+def _batch_close(monkeypatch: pytest.MonkeyPatch, bound: int) -> tuple[FoldDriver, _Steps]:
+    """Every user fed in one batch; a later batch moves both inputs' clocks past every
+    label window, so the batch path closes them all."""
+    return _drive(monkeypatch, bound, _moving)
 
 
 def test_a_batch_that_moves_the_watermark_far_closes_a_bounded_slice_a_step(
