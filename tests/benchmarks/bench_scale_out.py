@@ -100,16 +100,20 @@ QUICK = Plan(impressions=30_000, users=2_000, drain_s=15.0, buckets=Settings().m
 FULL = Plan(impressions=200_000, users=10_000, drain_s=30.0, buckets=Settings().model_buckets)
 
 
-def stream(plan: Plan, limit: int) -> list[tuple[str, bytes, dict[str, Any]]]:
-    """The first ``limit`` events of the heavy world as ``(topic setting, key, value)``."""
-    config = world_config("heavy", seed=17, n_users=plan.users, keep_ground_truth=False)
-    events = Simulator(config).events(plan.impressions)
+def stream(
+    plan: Plan, limit: int
+) -> tuple[list[tuple[str, bytes, dict[str, Any]]], dict[str, float]]:
+    """The first ``limit`` events of the heavy world as ``(topic setting, key, value)``, and
+    the world's own p(negative) of each impression sent, by impression id (an example's id).
+    """
+    simulator = Simulator(world_config("heavy", seed=17, n_users=plan.users))
     found = []
-    for event in events:
+    for event in simulator.events(plan.impressions):
         found.append((INPUT_TOPICS[event.topic], event.key.encode(), event.value))
         if len(found) >= limit:
             break
-    return found
+    truth = {row["event_id"]: row["p_negative"] for row in simulator.iter_ground_truth()}
+    return found, truth
 
 
 def send(settings: Settings, events: Sequence[tuple[str, bytes, dict[str, Any]]]) -> list[float]:
@@ -224,8 +228,11 @@ def model_scores(records: list[Any]) -> dict[str, list[tuple[float, int, dict[st
     return by_user
 
 
-def measure_auc(run: dict[str, Any], events: list[Any]) -> tuple[float, int, int]:
-    """``(AUC, cases scored, cases)`` of a run (see the module)."""
+def measure_auc(
+    run: dict[str, Any], events: list[Any], truth: dict[str, float]
+) -> tuple[float, float, int, int]:
+    """``(AUC, ceiling, cases scored, cases)`` of a run (see the module); the ceiling is the
+    AUC of the world's own p(negative) of each impression (``truth``) over the same cases."""
     feedback_at: dict[tuple[str, str, Any], float] = {}
     for (topic, _, value), at in zip(events, run["sent_at"], strict=False):
         if topic == "feedback":
@@ -242,7 +249,7 @@ def measure_auc(run: dict[str, Any], events: list[Any]) -> tuple[float, int, int
         key = (example["user_id"], example["item_id"], example.get("request_id"))
         cases.append((example, min(feedback_at.get(key, np.inf), record.timestamp / 1000)))
     by_user = model_scores(run["scores"])
-    labels, scores = [], []
+    labels, scores, true = [], [], []
     for example, label_at in cases:
         updates = by_user.get(example["user_id"], [])
         index = bisect.bisect_left([u[0] for u in updates], label_at)
@@ -250,8 +257,9 @@ def measure_auc(run: dict[str, Any], events: list[Any]) -> tuple[float, int, int
             if example["item_id"] in items:
                 labels.append(int(any(kind in NEGATIVE_KINDS for kind in example["kinds"])))
                 scores.append(items[example["item_id"]])
+                true.append(truth[example["example_id"]])
                 break
-    return auc(labels, scores), len(labels), len(cases)
+    return auc(labels, scores), auc(labels, true), len(labels), len(cases)
 
 
 def learned_versions(updates: list[Any]) -> list[tuple[int, dict[int, int]]]:
@@ -355,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.buckets:
         plan = replace(plan, buckets=args.buckets)
     seconds = 40.0 if args.quick else 300.0
-    events = stream(plan, int(RATE * seconds))
+    events, truth = stream(plan, int(RATE * seconds))
     log(
         f"scale-out: {len(events)} events of the heavy world ({plan.users} users), "
         f"model tables of {plan.buckets} buckets"
@@ -373,16 +381,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             shared = run_mode(broker, root, True, events, plan)
         finally:
             broker.stop()
-    local_auc, local_scored, local_cases = measure_auc(local, events)
-    shared_auc, shared_scored, shared_cases = measure_auc(shared, events)
+    local_auc, local_ceiling, local_scored, local_cases = measure_auc(local, events, truth)
+    shared_auc, shared_ceiling, shared_scored, shared_cases = measure_auc(shared, events, truth)
     delays, missed = measure_freshness(shared)
     print(
         f"local:  AUC {local_auc:.4f} over {local_scored} of {local_cases} examples after "
-        f"warm-up ({len(local['examples'])} examples, {len(local['scores'])} score updates)"
+        f"warm-up ({len(local['examples'])} examples, {len(local['scores'])} score updates); "
+        f"the world's own p(negative) {local_ceiling:.4f} on them"
     )
     print(
         f"shared: AUC {shared_auc:.4f} over {shared_scored} of {shared_cases} examples after "
-        f"warm-up ({len(shared['examples'])} examples, {len(shared['scores'])} score updates)"
+        f"warm-up ({len(shared['examples'])} examples, {len(shared['scores'])} score updates); "
+        f"the world's own p(negative) {shared_ceiling:.4f} on them"
     )
     print(f"shared: freshness p50 {percentile(delays, 50):.2f} s, p99 "
           f"{percentile(delays, 99):.2f} s over {len(delays)} examples; {missed} never rescored "
