@@ -17,11 +17,15 @@ from agents.state.state import UserState
 from streams import metrics
 from streams.output import OutputProducer
 from streams.users import UsersStore
+from streams.yielding import Yielder
 
 log = logging.getLogger(__name__)
 
 #: Batches whose records may wait for delivery while the next ones are computed.
 MAX_UNDELIVERED_STEPS = 8
+#: A delivered step's events are acked this many at a time, the event loop running other
+#: tasks in between once it has been held a while (Faust's ack is Python code per event).
+ACK_SLICE = 256
 
 #: Marks a delivered batch's input records processed (their offsets may be committed).
 Ack = Callable[[list[Message]], None]
@@ -116,15 +120,17 @@ class OrderedDelivery:
         for step in steps:
             for partition, states in step.changelog.items():
                 newest[partition].update(states)
+        # Serialising states is CPU work on the event loop, and a power user's state costs
+        # a thousand times an occasional user's: the loop runs other tasks in between.
+        yielder = Yielder()
         if newest:
             users = self.users
             changelog: dict[int, list[tuple[bytes | None, bytes]]] = {}
             for partition, states in newest.items():
                 batch = changelog[partition] = []
-                for count, (user, state) in enumerate(states.items()):
+                for user, state in states.items():
                     batch.append(users.changelog_record(user, state))
-                    if count % 200 == 199:
-                        await asyncio.sleep(0)  # serialising is CPU work on the event loop
+                    await yielder()
             topic = users.changelog_topic
 
             async def send_changelog() -> list[asyncio.Future[Any]]:
@@ -136,7 +142,9 @@ class OrderedDelivery:
             await self.changelog.deliver(send_changelog)
         for step in steps:
             if step.ack is not None:
-                step.ack(step.events)
+                for first in range(0, len(step.events), ACK_SLICE):
+                    step.ack(step.events[first : first + ACK_SLICE])
+                    await yielder()
 
 
 def _time_updates(step: Step) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import time
@@ -24,6 +23,7 @@ from streams import metrics
 from streams.output import OutputProducer
 from streams.settings import Settings
 from streams.users import UsersStore
+from streams.yielding import Yielder
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,13 @@ class DriftReporter:
     async def user_rates(self) -> list[float]:
         """Short-window negative rates of up to :data:`USER_SAMPLE` users on this worker."""
         rates = []
-        for count, (_, state) in enumerate(itertools.islice(self.users.items(), USER_SAMPLE)):
+        # A state at rest is decoded for the sample: the loop runs other tasks in between.
+        yielder = Yielder()
+        for _, state in itertools.islice(self.users.items(), USER_SAMPLE):
             rate = negative_rate(state, self.config)
             if rate is not None:
                 rates.append(rate)
-            if count % 500 == 499:
-                await asyncio.sleep(0)  # the event loop is never held for the whole sample
+            await yielder()
         return rates
 
     async def report(self, prequential: dict[str, float], model_version: int) -> DriftReport:

@@ -18,7 +18,7 @@ from agents.label_sweep import LabelSweep
 from agents.resting import REST_AFTER_S, RestingStates
 from agents.state import fold
 from agents.state.config import StateConfig
-from agents.state.ingest import RawMessage, decode_batch
+from agents.state.ingest import Decoded, RawMessage, decode_batch
 from agents.state.state import UserState
 from agents.watermarks import Watermarks
 from schemas.events import Feedback, Impression, Suppression
@@ -26,17 +26,18 @@ from schemas.kinds import NO_REACTION, kind_group
 from streams import metrics
 from streams.settings import Settings
 from streams.users import UsersStore
+from streams.yielding import Yielder, run_in_steps
 
 log = logging.getLogger(__name__)
 
 Record = Impression | Feedback
 
-#: Longest CPU stretch of a batch before it lets the event loop run other tasks.
-YIELD_EVERY_S = 0.002
 #: A user's events of one batch are folded this many at a time, pausing in between: a
 #: power user's burst (hundreds of strong negatives, each with a fast-path update) would
 #: otherwise hold the event loop for its whole length.
 USER_STEP_EVENTS = 32
+#: A batch's messages are decoded and validated this many at a time, pausing in between.
+DECODE_SLICE = 64
 
 
 #: Read ``topic[partition]`` again from ``offset``, forgetting the messages given (unacked).
@@ -92,7 +93,7 @@ class InputPipeline:
             config, users, watermarks, delivery, self.resting, self.pause, self._close_into
         )
         self.recovery_seen: float | None = None
-        self.last_yield = time.perf_counter()
+        self.yielder = Yielder()
         # Batches and the idle timer both read, publish, then write user state; the lock
         # keeps one from reading state the other is about to replace.
         self.lock = asyncio.Lock()
@@ -190,9 +191,12 @@ class InputPipeline:
         await self.sweep.rebuild_if_stale()
         messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
-        decoded = decode_batch(
-            messages, self.impressions_topic, self.settings.max_payload_bytes, latest
-        )
+        decoded = Decoded()
+        for first in range(0, len(messages), DECODE_SLICE):
+            part = messages[first : first + DECODE_SLICE]
+            max_bytes = self.settings.max_payload_bytes
+            decode_batch(part, self.impressions_topic, max_bytes, latest, decoded, first)
+            await self.pause()
         watermarks = self.watermarks
         outcomes: Counter[str] = Counter()
         for position, letter in decoded.dead_letters:
@@ -227,13 +231,7 @@ class InputPipeline:
                 self.users.get(user_id), batch, self.config, marks[partition], user_id,
                 USER_STEP_EVENTS,
             )  # fmt: skip
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    state, out = done.value
-                    break
-                await self.pause()
+            state, out = await run_in_steps(steps, self.pause)
             batch_out.extend(out)
             new_states.append((user_id, partition, state))
         outcomes.update(batch_out.counts)
@@ -262,10 +260,7 @@ class InputPipeline:
         A batch is CPU work in one task; without these pauses the fast lane, the consumer
         and the producers would each wait for the whole batch.
         """
-        now = time.perf_counter()
-        if now - self.last_yield >= YIELD_EVERY_S:
-            await asyncio.sleep(0)
-            self.last_yield = time.perf_counter()
+        await self.yielder()
 
     def _store(self, user_id: str, partition: int, state: UserState, watermark: float) -> None:
         """Store the user's new state (never changed afterwards: the changelog record is made

@@ -26,6 +26,7 @@ from streams import metrics
 from streams.output import OutputProducer
 from streams.settings import Settings
 from streams.users import UsersStore
+from streams.yielding import Yielder
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,13 @@ class Rescorer:
         sent = time.time()
         metrics.LAST_SCORE_TIMESTAMP.set(sent)
         metrics.SCORE_UPDATES.labels("model").inc(len(records))
+        latency = metrics.FEEDBACK_TO_SCORE.labels("model")
+        yielder = Yielder()
         for job in jobs:
             for _, produced_ms in job.triggers:
                 if produced_ms:
-                    metrics.FEEDBACK_TO_SCORE.labels("model").observe(
-                        max(0.0, sent - produced_ms / 1000)
-                    )
+                    latency.observe(max(0.0, sent - produced_ms / 1000))
+            await yielder()  # a thousand users' triggers: the loop runs others in between
 
     def _rescore(self, jobs: list[_Rescore]) -> list[OutputRecord]:
         """Score each job's candidates; return each user's encoded ``ScoreUpdate`` record."""

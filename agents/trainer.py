@@ -110,6 +110,9 @@ class Trainer:
         self.resumed_ids: list[str] = []
         self._resume()
         self.prequential = Prequential(self.model)
+        # The test-then-train figures after the latest batch, computed on the model thread
+        # (a rolling AUC sorts its whole window: tens of milliseconds) and only read here.
+        self.figures: dict[str, float] = {}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="negstream-model")
         # Learned example ids survive restarts in the checkpoint: a copy of an example that
         # was republished after a crash is not learned twice.
@@ -134,18 +137,19 @@ class Trainer:
         examples learned (redelivered copies are skipped) with their predictions."""
         for message in messages:
             self.offsets[message.partition] = message.offset
-        examples = fresh_examples(((m.offset, m.value) for m in messages), self.seen)
-        if not examples:
-            return [], np.zeros((0, 0), dtype=np.float32)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        predictions = await loop.run_in_executor(self.executor, self._learn, examples)
+        # Decoded on the model thread too: a thousand examples' JSON is tens of milliseconds.
+        values = [(m.offset, m.value) for m in messages]
+        examples, predictions = await loop.run_in_executor(self.executor, self._learn, values)
+        if not examples:
+            return [], np.zeros((0, 0), dtype=np.float32)
         elapsed = time.perf_counter() - started
         metrics.TRAIN_BATCH_SECONDS.observe(elapsed)
         metrics.TRAIN_EXAMPLES.inc(len(examples))
         metrics.TRAIN_EXAMPLES_PER_SECOND.set(len(examples) / max(elapsed, 1e-9))
         metrics.MODEL_VERSION.set(self.model.version)
-        for name, value in self.prequential.get().items():
+        for name, value in self.figures.items():
             head, metric = name.split("/")
             if np.isfinite(value):
                 metrics.PREQUENTIAL.labels(head, metric).set(value)
@@ -169,10 +173,16 @@ class Trainer:
         """p_negative of each candidate and the model version (on :attr:`executor`)."""
         return self.model.p_negative(batch).tolist(), self.model.version
 
-    def _learn(self, examples: list[dict[str, Any]]) -> np.ndarray:
+    def _learn(self, values: list[tuple[int, bytes | None]]) -> Learned:
+        """Decode the new examples among ``(offset, value)`` records and test-then-train on
+        them (model thread); the examples and their predictions."""
+        examples = fresh_examples(values, self.seen)
+        if not examples:
+            return [], np.zeros((0, 0), dtype=np.float32)
         batch = ExampleBatch.from_examples(examples, self.model.config)
         self.prequential.update(batch)
-        return self.prequential.last_predictions
+        self.figures = self.prequential.get()
+        return examples, self.prequential.last_predictions
 
     def checkpoint(self) -> None:
         """Write model, optimiser, version and consumed offsets atomically (blocking)."""

@@ -36,6 +36,7 @@ from streams.settings import Settings
 from streams.tables import declare_users_table
 from streams.topics import declare_topics
 from streams.users import UsersStore
+from streams.yielding import Yielder
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def register(app: faust.App, settings: Settings) -> InputPipeline:
     @app.timer(settings.drift_interval_s, name="negstream.drift")  # type: ignore[untyped-decorator]
     async def drift_report() -> None:
         if trainer is not None:
-            await drift.report(trainer.prequential.get(), trainer.model.version)
+            await drift.report(trainer.figures, trainer.model.version)
         elif follower is not None:
             # Test-then-train figures are the trainer's (on its /metrics).
             await drift.report({}, follower.version or 0)
@@ -242,8 +243,11 @@ async def train_batches(
         while True:
             messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
             examples, predictions = await trainer.train(messages)
+            # Each of these is milliseconds for a full batch: the loop runs others between.
             drift.observe(examples, predictions)
+            await asyncio.sleep(0)
             rescorer.learned(examples)
+            await asyncio.sleep(0)
             source.ack(messages)
     finally:
         await trainer.close()
@@ -265,7 +269,9 @@ async def follow_examples(
         messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
         examples = []
         learned = []
+        yielder = Yielder()
         for message in messages:
+            await yielder()  # decoding a full batch is tens of milliseconds
             for example in fresh_examples([(message.offset, message.value)], seen):
                 examples.append(example)
                 learned += follower.example_read(
@@ -274,7 +280,9 @@ async def follow_examples(
         predictions = await follower.predict(examples)
         if predictions is not None:
             drift.observe(examples, predictions)
+            await asyncio.sleep(0)
         rescorer.learned_users(learned)
+        await asyncio.sleep(0)
         source.ack(messages)
 
 

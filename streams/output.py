@@ -29,6 +29,7 @@ from streams import metrics
 from streams.app import broker_credentials
 from streams.retry import Backoff
 from streams.settings import Settings
+from streams.yielding import YIELD_CHECK_MASK, Yielder
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,10 @@ class OutputProducer:
         producer = await self._started()
         runs: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         partitions: dict[str, list[int]] = {}
-        for topic, key, value, partition in records:
+        yielder = Yielder()
+        for count, (topic, key, value, partition) in enumerate(records):
+            if count & YIELD_CHECK_MASK == YIELD_CHECK_MASK:
+                await yielder()  # hashing thousands of keys is CPU work: let others run
             if partition is None:
                 known = partitions.get(topic)
                 if known is None:
@@ -191,12 +195,15 @@ class OutputProducer:
             runs.setdefault((topic, partition), []).append((key, value))
         futures: list[asyncio.Future[Any]] = []
         for (topic, partition), run in runs.items():
-            futures += await self.send_partition(topic, partition, run)
-            await asyncio.sleep(0)  # appending thousands of records is CPU work: let others run
+            futures += await self.send_partition(topic, partition, run, yielder)
         return futures
 
     async def send_partition(
-        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes]]
+        self,
+        topic: str,
+        partition: int,
+        records: list[tuple[bytes | None, bytes]],
+        yielder: Yielder | None = None,
     ) -> list[asyncio.Future[Any]]:
         """Queue ``records`` for one partition, in order, as few batches as fit.
 
@@ -204,12 +211,17 @@ class OutputProducer:
         log's end offset as the base offset of its last batch plus one (Tansu 0.6.0 does in
         ListOffsets); a single-record last batch keeps that right, so a table recovery that
         reads up to the reported end reads every record. Returns the delivery futures.
+        Appending thousands of records is CPU work: ``yielder`` (a new one by default) lets
+        other tasks run in between.
         """
         producer = await self._started()
+        yielder = yielder or Yielder()
         futures: list[asyncio.Future[Any]] = []
         for group in (records[:-1], records[-1:]):
             batch = producer.create_batch()
-            for key, value in group:
+            for count, (key, value) in enumerate(group):
+                if count & YIELD_CHECK_MASK == YIELD_CHECK_MASK:
+                    await yielder()
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     futures.append(await self._submit(batch, topic, partition))
                     batch = producer.create_batch()

@@ -8,7 +8,13 @@ from agents.state import dedupe, windows
 from agents.state.apply import BucketWriter, Event, apply_batch
 from agents.state.config import StateConfig
 from agents.state.features import cut_of, now_cut, oldest_fine_needed, oldest_long_needed
-from agents.state.label_join import JOIN_SKEW_S, close_due, next_deadline, scheduled_deadline
+from agents.state.label_join import (
+    JOIN_SKEW_S,
+    close_due,
+    close_due_in_steps,
+    next_deadline,
+    scheduled_deadline,
+)
 from agents.state.outputs import Outputs
 from agents.state.state import UserState
 from agents.state.suppression import feedback_clock
@@ -61,9 +67,10 @@ def apply_and_advance_in_steps(
     user_id: str,
     step: int,
 ) -> Generator[None, None, tuple[UserState, Outputs]]:
-    """:func:`apply_and_advance` that pauses (yields) after every ``step`` events and before
-    labelling, and returns its result: a caller on an event loop lets other tasks run
-    between the parts of a heavy user's long batch. The result does not depend on ``step``.
+    """:func:`apply_and_advance` that pauses (yields) after every ``step`` events applied and
+    every ``step`` impressions labelled, and returns its result: a caller on an event loop
+    lets other tasks run between the parts of a heavy user's long batch. The result does not
+    depend on ``step``.
     """
     state, out = _copy(state), Outputs()
     writer = BucketWriter(state, config)
@@ -71,7 +78,7 @@ def apply_and_advance_in_steps(
         apply_batch(state, events[start : start + step], config, watermark, out, writer)
         yield
     writer.share_equal()
-    close_due(state, watermark, user_id, config, out)
+    yield from close_due_in_steps(state, watermark, user_id, config, out, step)
     _expire(state, config, watermark, out)
     state.pack_at_rest()
     return state, out

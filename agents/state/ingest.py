@@ -37,14 +37,18 @@ def decode_batch(
     impressions_topic: str,
     max_bytes: int,
     latest: float | None = None,
+    into: Decoded | None = None,
+    first: int = 0,
 ) -> Decoded:
     """Validate each message; every message lands in exactly one of the three lists.
 
     A message without a key is valid but sits on a partition chosen without its user_id, so
-    it is returned in ``unkeyed`` to be re-sent keyed (the repartition step).
+    it is returned in ``unkeyed`` to be re-sent keyed (the repartition step). A batch can be
+    decoded a slice at a time: ``into`` the slices before it, its messages numbered from
+    ``first``.
     """
-    decoded = Decoded()
-    for position, message in enumerate(messages):
+    decoded = Decoded() if into is None else into
+    for position, message in enumerate(messages, first):
         try:
             record = decode_one(message, impressions_topic, max_bytes, latest)
         except ValidationError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import replace
 
 from agents.state import counters
@@ -63,7 +64,23 @@ def close_due(
     state: UserState, watermark: float, user_id: str, config: StateConfig, out: Outputs
 ) -> None:
     """Label, into ``out``, the impressions due at event time ``watermark``; drop the
-    reactions no impression can claim any more.
+    reactions no impression can claim any more (:func:`close_due_in_steps`, in one go)."""
+    for _ in close_due_in_steps(state, watermark, user_id, config, out, 0):
+        pass
+
+
+def close_due_in_steps(
+    state: UserState,
+    watermark: float,
+    user_id: str,
+    config: StateConfig,
+    out: Outputs,
+    step: int,
+) -> Iterator[None]:
+    """Label, into ``out``, the impressions due at event time ``watermark``; drop the
+    reactions no impression can claim any more. Pauses (yields) after every ``step``
+    impressions labelled (0: never), so that a caller on an event loop lets other tasks run
+    while a heavy user's thousands are labelled; the outcome does not depend on ``step``.
 
     Event time, whatever the read order (README "Event-time semantics"):
 
@@ -86,7 +103,7 @@ def close_due(
         out.counts["capped:pending"] += len(forced)
         due += forced
     if due:
-        _label(state, due, user_id, config, out)
+        yield from _label(state, due, user_id, config, out, step)
     kept, unclaimed = [], 0
     for reaction in state.reactions:
         if reaction_due(reaction, config) <= watermark:
@@ -105,8 +122,13 @@ def close_due(
 
 
 def _label(
-    state: UserState, due: list[Pending], user_id: str, config: StateConfig, out: Outputs
-) -> None:
+    state: UserState,
+    due: list[Pending],
+    user_id: str,
+    config: StateConfig,
+    out: Outputs,
+    step: int,
+) -> Iterator[None]:
     by_item: defaultdict[str, list[Pending]] = defaultdict(list)
     for pending in state.pending:
         by_item[pending.item_id].append(pending)
@@ -116,7 +138,9 @@ def _label(
     due.sort(key=lambda p: (p.timestamp, p.event_id))
     done = {p.event_id for p in due}
     sums_at: dict[int, tuple[Sums, Sums]] = {}
-    for pending in due:
+    for labelled, pending in enumerate(due, 1):
+        if step and labelled % step == 0:
+            yield
         order = (pending.timestamp, pending.event_id)
         claimed: list[Reaction] = []
         for index in reactions.get(pending.item_id, ()):

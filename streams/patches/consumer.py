@@ -42,6 +42,18 @@ async def _drop_fetches_across_a_rebalance(consumer: Any, timeout: float) -> Any
 
 
 _new_offset = Consumer._new_offset
+_filter_committable_offsets = Consumer._filter_committable_offsets
+
+
+def lowest_in_flight(consumer: Any) -> dict[Any, int]:
+    """Per partition, the lowest offset of a tracked message not acked yet."""
+    lowest: dict[Any, int] = {}
+    for message in list(consumer._unacked_messages):
+        if not message.acked:
+            tp, offset = message.tp, message.offset
+            if offset < lowest.get(tp, offset + 1):
+                lowest[tp] = offset
+    return lowest
 
 
 def _never_past_a_message_in_flight(consumer: Any, tp: Any) -> int | None:
@@ -53,16 +65,26 @@ def _never_past_a_message_in_flight(consumer: Any, tp: Any) -> int | None:
     # of the partition lies below every acked offset.
     acked = consumer._acked.get(tp)
     if acked:
-        first = min(acked)
-        for message in list(consumer._unacked_messages):
-            if message.tp == tp and not message.acked and message.offset < first:
-                return None
+        lowest = consumer.__dict__.get("_negstream_lowest_in_flight")
+        in_flight = (lowest if lowest is not None else lowest_in_flight(consumer)).get(tp)
+        if in_flight is not None and in_flight < min(acked):
+            return None
     result: int | None = _new_offset(consumer, tp)
     return result
 
 
+def _in_flight_read_once(consumer: Any, tps: Any) -> Any:
+    # A commit asks for every partition's offset in turn: the messages in flight (thousands
+    # while a backlog is processed) are read once for all of them, not once each.
+    consumer.__dict__["_negstream_lowest_in_flight"] = lowest_in_flight(consumer)
+    try:
+        return _filter_committable_offsets(consumer, tps)
+    finally:
+        consumer.__dict__.pop("_negstream_lowest_in_flight", None)
+
+
 def install() -> None:
-    """Install the three consumer patches (idempotent)."""
+    """Install the consumer patches (idempotent)."""
     # Upstream: Faust fixes the worker consumer's fetch wait at 1.5 s. Can go once Faust
     # exposes ``fetch_max_wait_ms`` as an app setting.
     if AIOKafkaConsumerThread._create_worker_consumer is not _with_fetch_wait:
@@ -74,3 +96,5 @@ def install() -> None:
     # Upstream: faust-streaming/faust#606. Can go when that issue is fixed.
     if Consumer._new_offset is not _never_past_a_message_in_flight:
         Consumer._new_offset = _never_past_a_message_in_flight  # type: ignore[method-assign,assignment]
+    if Consumer._filter_committable_offsets is not _in_flight_read_once:
+        Consumer._filter_committable_offsets = _in_flight_read_once  # type: ignore[method-assign,assignment]

@@ -4,6 +4,7 @@ reported end of each log is right, so a table recovery reads every record."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams import yielding
 from streams.broker import EmbeddedBroker, free_port
 from streams.output import OutputProducer
 from tests.support import isolated_settings, new_topic_named
@@ -124,6 +126,65 @@ def test_send_many_partitions_as_send_does_and_keeps_each_partitions_order(
         assert values == expected, f"partition {partition}"
     assert sum(map(len, read.values())) == len(records)
     assert len(set(placed.values())) > 1, "keys spread over partitions"
+
+
+def test_a_large_send_many_lets_other_tasks_run_and_keeps_each_partitions_order(
+    broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(yielding, "YIELD_EVERY_S", 0.0)  # every check lets the loop go
+    settings = isolated_settings(broker.url, tmp_path)
+    topic = new_topic(settings.bootstrap_servers, 2)
+    records: list[tuple[str, bytes | None, bytes, int | None]] = [
+        (topic, b"user-%d" % (n % 50), b"v%d" % n, None) for n in range(4000)
+    ]
+
+    async def run() -> tuple[set[int], dict[int, list[bytes]], dict[bytes, int]]:
+        producer = OutputProducer(settings)
+        hashed = 0
+        placed: dict[bytes, int] = {}
+        seen: set[int] = set()
+        queued = False
+
+        async def watch() -> None:
+            while not queued:
+                seen.add(hashed)
+                await asyncio.sleep(0)
+
+        try:
+            await asyncio.gather(*await producer.send_many(records[:1]))  # connected first
+            aiokafka_producer = producer._producer
+            assert aiokafka_producer is not None
+            partitioner = aiokafka_producer._partitioner
+
+            def counted(key: bytes, every: list[int], available: list[int]) -> int:
+                nonlocal hashed
+                hashed += 1
+                placed[key] = partitioner(key, every, available)
+                return placed[key]
+
+            monkeypatch.setattr(aiokafka_producer, "_partitioner", counted)
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0)
+            futures = await producer.send_many(records[1:])
+            queued = True
+            await watcher
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        read = {}
+        for partition in range(2):
+            tp = TopicPartition(topic, partition)
+            read[partition] = (await read_back(settings.bootstrap_servers, tp))[1]
+        return seen, read, placed
+
+    seen, read, placed = asyncio.run(run())
+    # The keys are hashed 64 at a time at most, other tasks running in between.
+    counts = sorted(seen | {len(records) - 1})
+    assert counts[0] == 0
+    assert max(later - earlier for earlier, later in itertools.pairwise(counts)) <= 64
+    for partition, values in read.items():
+        assert values == [v for _, k, v, _ in records if placed[k] == partition]
+    assert set(placed.values()) == {0, 1}
 
 
 def test_delivery_waits_for_a_broker_that_is_away(tmp_path: Path) -> None:

@@ -256,6 +256,43 @@ def test_folding_in_steps_gives_the_result_of_one_pass() -> None:
         assert out.updates and out.examples
 
 
+def test_labelling_in_steps_gives_the_result_of_one_pass() -> None:
+    # A batch that moves the watermark past a heavy user's hundreds of open impressions is
+    # labelled a few at a time, pausing in between; the state and every example must not
+    # depend on where it paused.
+    import random
+
+    rng = random.Random(5)
+    events: list[Impression | Feedback] = []
+    t = 0.0
+    for n in range(400):
+        t += rng.expovariate(1 / 2)
+        item = f"i{rng.randrange(30)}"
+        if rng.random() < 0.7:
+            events.append(imp(f"e{n}", t, item=item))
+        else:
+            events.append(fb(f"e{n}", t, kind=rng.choice(["dislike", "skip", "click"]), item=item))
+    state, _ = user_state.apply_events(None, events, SETTINGS)
+    due = len(state.pending)
+    late = [imp("last", t + 10 * SETTINGS.label_window_s)]
+    mark = T0 + t + 10 * SETTINGS.label_window_s  # every window but the last one's is past
+    whole = user_state.apply_and_advance(state, late, SETTINGS, mark, "u1")
+    assert len(whole[1].examples) == due > 200
+    for step in (1, 7, 32, due + 5):
+        steps = user_state.apply_and_advance_in_steps(state, late, SETTINGS, mark, "u1", step)
+        pauses = 0
+        while True:
+            try:
+                next(steps)
+                pauses += 1
+            except StopIteration as done:
+                result, out = done.value
+                break
+        assert pauses == 1 + due // step  # one after the event, then the labels'
+        assert result.to_wire() == whole[0].to_wire()
+        assert (out.examples, out.counts) == (whole[1].examples, whole[1].counts)
+
+
 def test_the_deadline_index_reads_from_the_wire_what_the_decoded_state_gives() -> None:
     state, _ = user_state.apply_events(
         None, [imp("e1", 0.0), imp("e2", 30.0), fb("e3", 10.0, item="i9")], SETTINGS, T0

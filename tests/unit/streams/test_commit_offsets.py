@@ -49,3 +49,36 @@ def test_a_hole_in_the_log_is_still_committed_over() -> None:
 def test_messages_in_flight_after_the_acked_run_do_not_hold_it_back() -> None:
     c = consumer(committed=10, acked=[10, 11, 13], in_flight=[12, 14])
     assert Consumer._new_offset(c, INPUT) == 12
+
+
+class CountedReads(list[Any]):
+    """The consumer's messages in flight, counting how often they are read."""
+
+    reads = 0
+
+    def __iter__(self) -> Any:
+        self.reads += 1
+        return super().__iter__()
+
+
+def test_a_commit_reads_the_messages_in_flight_once_for_all_partitions() -> None:
+    tps = [TP("feedback", p) for p in range(4)]
+    in_flight = {0: [10], 1: [], 2: [25], 3: [40]}  # 3's is past its acked run
+    c = SimpleNamespace(
+        _acked=defaultdict(list, {tp: [11, 12, 13] for tp in tps[:2]}),
+        _acked_index=defaultdict(set, {tp: {11, 12, 13} for tp in tps[:2]}),
+        _gap=defaultdict(IntervalTree),
+        _committed_offset=defaultdict(lambda: None, dict(zip(tps, (10, 10, 25, 30), strict=True))),
+        _unacked_messages=CountedReads(
+            SimpleNamespace(tp=tps[p], offset=offset, acked=False)
+            for p, offsets in in_flight.items()
+            for offset in offsets
+        ),
+        _should_commit=lambda tp, offset: True,
+    )
+    c._acked.update({tps[2]: [26, 27], tps[3]: [30, 31]})
+    c._acked_index.update({tps[2]: {26, 27}, tps[3]: {30, 31}})
+    c._new_offset = lambda tp: Consumer._new_offset(c, tp)
+    assert Consumer._filter_committable_offsets(c, tps) == {tps[1]: 14, tps[3]: 32}
+    assert c._unacked_messages.reads == 1
+    assert "_negstream_lowest_in_flight" not in vars(c)
