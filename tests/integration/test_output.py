@@ -42,6 +42,11 @@ async def read_back(bootstrap: list[str], tp: TopicPartition) -> tuple[int, list
         await consumer.stop()
 
 
+async def read_partitions(bootstrap: list[str], topic: str, count: int) -> dict[int, list[bytes]]:
+    """Every value of each of the topic's ``count`` partitions."""
+    return {p: (await read_back(bootstrap, TopicPartition(topic, p)))[1] for p in range(count)}
+
+
 def test_send_partition_keeps_order_and_a_true_end_offset(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -114,11 +119,7 @@ def test_send_many_partitions_as_send_does_and_keeps_each_partitions_order(
                 placed[key] = (await (await producer.send(single, key, b""))).partition
         finally:
             await producer.stop()
-        read = {}
-        for partition in range(3):
-            tp = TopicPartition(topic, partition)
-            read[partition] = (await read_back(settings.bootstrap_servers, tp))[1]
-        return read, placed
+        return await read_partitions(settings.bootstrap_servers, topic, 3), placed
 
     read, placed = asyncio.run(run())
     for partition, values in read.items():
@@ -171,11 +172,7 @@ def test_a_large_send_many_lets_other_tasks_run_and_keeps_each_partitions_order(
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
-        read = {}
-        for partition in range(2):
-            tp = TopicPartition(topic, partition)
-            read[partition] = (await read_back(settings.bootstrap_servers, tp))[1]
-        return seen, read, placed
+        return seen, await read_partitions(settings.bootstrap_servers, topic, 2), placed
 
     seen, read, placed = asyncio.run(run())
     # The keys are hashed 64 at a time at most, other tasks running in between.

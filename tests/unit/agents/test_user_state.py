@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 from agents.state import features
 from agents.state import fold as user_state
@@ -218,34 +219,48 @@ def _settled(state: UserState) -> UserState:
     return dataclasses.replace(state, seen=seen, seen_old={})
 
 
+def _random_events(
+    seed: int, count: int, mean_gap_s: float, items: int, impressions: float, kinds: list[str]
+) -> tuple[list[Impression | Feedback], float]:
+    """``count`` events of one user, a share ``impressions`` of them impressions, and the
+    time of the last."""
+    import random
+
+    rng = random.Random(seed)
+    events: list[Impression | Feedback] = []
+    t = 0.0
+    for n in range(count):
+        t += rng.expovariate(1 / mean_gap_s)
+        item = f"i{rng.randrange(items)}"
+        if rng.random() < impressions:
+            events.append(imp(f"e{n}", t, item=item))
+        else:
+            events.append(fb(f"e{n}", t, kind=rng.choice(kinds), item=item))
+    return events, t
+
+
+def _to_the_end(steps: Any) -> tuple[int, UserState, Any]:
+    """Run a stepped fold: how often it paused, and its result."""
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+            pauses += 1
+        except StopIteration as done:
+            state, out = done.value
+            return pauses, state, out
+
+
 def test_folding_in_steps_gives_the_result_of_one_pass() -> None:
     # The pipeline folds a heavy user's long batch a few events at a time, pausing in
     # between; the state and every output must not depend on where it paused.
-    import random
-
-    rng = random.Random(11)
-    events: list[Impression | Feedback] = []
-    t = 0.0
-    for n in range(300):
-        t += rng.expovariate(1 / 5)
-        item = f"i{rng.randrange(12)}"
-        if rng.random() < 0.5:
-            events.append(imp(f"e{n}", t, item=item))
-        else:
-            events.append(fb(f"e{n}", t, kind=rng.choice(["dislike", "hide", "click"]), item=item))
+    events, t = _random_events(11, 300, 5.0, 12, 0.5, ["dislike", "hide", "click"])
     start, _ = user_state.apply_events(None, events[:40], SETTINGS)
     rest, mark = events[40:], T0 + t / 2
     whole = user_state.apply_and_advance(start, rest, SETTINGS, mark, "u1")
     for step in (1, 7, 32, len(rest) + 5):
         steps = user_state.apply_and_advance_in_steps(start, rest, SETTINGS, mark, "u1", step)
-        pauses = 0
-        while True:
-            try:
-                next(steps)
-                pauses += 1
-            except StopIteration as done:
-                state, out = done.value
-                break
+        pauses, state, out = _to_the_end(steps)
         assert pauses >= len(rest) // step
         assert state.to_wire() == whole[0].to_wire()
         assert (out.examples, out.updates, out.counts) == (
@@ -260,18 +275,7 @@ def test_labelling_in_steps_gives_the_result_of_one_pass() -> None:
     # A batch that moves the watermark past a heavy user's hundreds of open impressions is
     # labelled a few at a time, pausing in between; the state and every example must not
     # depend on where it paused.
-    import random
-
-    rng = random.Random(5)
-    events: list[Impression | Feedback] = []
-    t = 0.0
-    for n in range(400):
-        t += rng.expovariate(1 / 2)
-        item = f"i{rng.randrange(30)}"
-        if rng.random() < 0.7:
-            events.append(imp(f"e{n}", t, item=item))
-        else:
-            events.append(fb(f"e{n}", t, kind=rng.choice(["dislike", "skip", "click"]), item=item))
+    events, t = _random_events(5, 400, 2.0, 30, 0.7, ["dislike", "skip", "click"])
     state, _ = user_state.apply_events(None, events, SETTINGS)
     due = len(state.pending)
     late = [imp("last", t + 10 * SETTINGS.label_window_s)]
@@ -280,14 +284,7 @@ def test_labelling_in_steps_gives_the_result_of_one_pass() -> None:
     assert len(whole[1].examples) == due > 200
     for step in (1, 7, 32, due + 5):
         steps = user_state.apply_and_advance_in_steps(state, late, SETTINGS, mark, "u1", step)
-        pauses = 0
-        while True:
-            try:
-                next(steps)
-                pauses += 1
-            except StopIteration as done:
-                result, out = done.value
-                break
+        pauses, result, out = _to_the_end(steps)
         assert pauses == 1 + due // step  # one after the event, then the labels'
         assert result.to_wire() == whole[0].to_wire()
         assert (out.examples, out.counts) == (whole[1].examples, whole[1].counts)
