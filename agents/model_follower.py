@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from agents.model_topic import reading_start, updates_consumer
+from agents.trainer import fresh_examples
 from agents.unlearned import Learned, UnlearnedExamples
 from model import (
     CandidateBatch,
@@ -115,6 +117,32 @@ class ModelFollower:
             self.executor, self.replica.predict_many, examples
         )
         return predictions
+
+    async def read_examples(
+        self, records: Iterable[tuple[int, int, bytes | None]], seen: OrderedDict[str, None]
+    ) -> tuple[list[tuple[int, int, dict[str, Any]]], np.ndarray | None]:
+        """Decode training-example records ``(partition, offset, value)`` and predict them,
+        both on the model thread, off the event loop (a batch of a thousand takes tens of
+        milliseconds to decode).
+
+        Returns ``(partition, offset, example)`` of each example whose id is not in ``seen``
+        (ids are added; see :func:`agents.trainer.fresh_examples`), and the replica's
+        predictions of those examples (rows x heads), None before the first snapshot.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._read_examples, list(records), seen)
+
+    def _read_examples(
+        self, records: list[tuple[int, int, bytes | None]], seen: OrderedDict[str, None]
+    ) -> tuple[list[tuple[int, int, dict[str, Any]]], np.ndarray | None]:
+        read = [
+            (partition, offset, example)
+            for partition, offset, value in records
+            for example in fresh_examples([(offset, value)], seen)
+        ]
+        if self.replica.version is None or not read:
+            return read, None
+        return read, self.replica.predict_many([example for _, _, example in read])
 
     def age(self) -> float:
         """Seconds since the update the model is at was taken (since the start before one)."""

@@ -24,7 +24,7 @@ from agents.rescorer import Rescorer, Scorer
 from agents.state.config import StateConfig
 from agents.state.features import table_view
 from agents.state.state import WIRE_DICTIONARY, UserState
-from agents.trainer import Trainer, fresh_examples, model_config
+from agents.trainer import Trainer, model_config
 from agents.watermarks import Watermarks
 from streams import metrics
 from streams.app import committed_offset, recovery_done, recovery_ended_at, recovery_status
@@ -36,7 +36,6 @@ from streams.settings import Settings
 from streams.tables import declare_users_table
 from streams.topics import declare_topics
 from streams.users import UsersStore
-from streams.yielding import Yielder
 
 log = logging.getLogger(__name__)
 
@@ -267,19 +266,16 @@ async def follow_examples(
     seen: OrderedDict[str, None] = OrderedDict()
     while True:
         messages = await source.take(settings.train_batch_size, settings.train_max_wait_s)
-        examples = []
+        read, predictions = await follower.read_examples(
+            ((message.partition, message.offset, message.value) for message in messages), seen
+        )
         learned = []
-        yielder = Yielder()
-        for message in messages:
-            await yielder()  # decoding a full batch is tens of milliseconds
-            for example in fresh_examples([(message.offset, message.value)], seen):
-                examples.append(example)
-                learned += follower.example_read(
-                    message.partition, message.offset, example["user_id"], example["example_id"]
-                )
-        predictions = await follower.predict(examples)
+        for partition, offset, example in read:
+            learned += follower.example_read(
+                partition, offset, example["user_id"], example["example_id"]
+            )
         if predictions is not None:
-            drift.observe(examples, predictions)
+            drift.observe([example for _, _, example in read], predictions)
             await asyncio.sleep(0)
         rescorer.learned_users(learned)
         await asyncio.sleep(0)

@@ -7,19 +7,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from agents import model_follower
 from agents.encoder import OutputEncoder
 from agents.model_follower import ModelFollower
 from agents.model_topic import snapshot_key, snapshot_offset
 from agents.rescorer import Rescorer
 from agents.state.features import feature_rows
-from agents.trainer import model_config
+from agents.trainer import fresh_examples, model_config
 from agents.wiring import state_config
 from model import CandidateBatch, OnlineModel, TouchedRows, encode_update, take_update
 from schemas import decode_score_update
@@ -187,6 +191,42 @@ def test_users_are_handed_back_once_an_applied_model_learned_their_examples(
     assert follower.example_read(0, 8, "u1", "again") == [("u1", "again")]
     # A trainer that names no offsets: its update covers everything read.
     assert asyncio.run(follower.take(chunks(trainer, full=True))) == [("u99", "other")]
+    follower.close()
+
+
+def test_examples_are_decoded_and_predicted_on_the_model_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = model_config(settings(tmp_path))
+    follower = ModelFollower(settings(tmp_path), config)
+    decoded_on: set[str] = set()
+
+    def decode(*args: Any) -> list[dict[str, Any]]:
+        decoded_on.add(threading.current_thread().name)
+        return fresh_examples(*args)
+
+    monkeypatch.setattr(model_follower, "fresh_examples", decode)
+    read = examples(6, seed=4)
+    records = [(index % 2, 10 + index, orjson.dumps(e)) for index, e in enumerate(read)]
+    records += [(0, 20, b"not json"), (1, 21, orjson.dumps(read[2]))]  # garbled; a copy
+    seen: OrderedDict[str, None] = OrderedDict()
+    found, predictions = asyncio.run(follower.read_examples(records, seen))
+    expected = [(partition, offset) for partition, offset, _ in records[:6]]
+    assert [(p, o) for p, o, _ in found] == expected
+    assert [e for _, _, e in found] == read
+    assert predictions is None, "no model yet"
+    assert decoded_on and threading.current_thread().name not in decoded_on
+    assert list(seen) == [e["example_id"] for e in read]
+
+    trainer = OnlineModel(config, changes=TouchedRows())
+    trainer.learn_many(examples(64, seed=1))
+    follower._take(chunks(trainer, full=True))
+    more = examples(5, seed=5)
+    found, predictions = asyncio.run(
+        follower.read_examples([(0, n, orjson.dumps(e)) for n, e in enumerate(more)], seen)
+    )
+    assert [e for _, _, e in found] == more
+    assert np.array_equal(predictions, trainer.predict_many(more))
     follower.close()
 
 
