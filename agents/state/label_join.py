@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
@@ -129,39 +130,84 @@ def _label(
     out: Outputs,
     step: int,
 ) -> Iterator[None]:
-    by_item: defaultdict[str, list[Pending]] = defaultdict(list)
-    for pending in state.pending:
-        by_item[pending.item_id].append(pending)
-    reactions: defaultdict[str, list[int]] = defaultdict(list)
-    for index, reaction in enumerate(state.reactions):
-        reactions[reaction.item_id].append(index)
     due.sort(key=lambda p: (p.timestamp, p.event_id))
     done = {p.event_id for p in due}
+    claims = _claims(state, due, config)
     sums_at: dict[int, tuple[Sums, Sums]] = {}
     for labelled, pending in enumerate(due, 1):
         if step and labelled % step == 0:
             yield
-        order = (pending.timestamp, pending.event_id)
         claimed: list[Reaction] = []
-        for index in reactions.get(pending.item_id, ()):
+        for index in claims.get(id(pending), ()):
             reaction = state.reactions[index]
-            if reaction.claimed or not _joins(pending, reaction, config):
-                continue
-            # A feedback event belongs to the latest impression it joins.
-            later = any(
-                (other.timestamp, other.event_id) > order and _joins(other, reaction, config)
-                for other in by_item[pending.item_id]
-            )
-            if later:
-                continue
             claimed.append(reaction)
             state.reactions[index] = replace(reaction, claimed=True)
         if _flagged_during(state, pending, config):
             out.counts["abuse_excluded"] += 1
         else:
             out.examples.append(_example(state, user_id, pending, claimed, config, sums_at))
-        by_item[pending.item_id] = [p for p in by_item[pending.item_id] if p is not pending]
     state.pending = [p for p in state.pending if p.event_id not in done]
+
+
+def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[int, list[int]]:
+    """The unclaimed reactions (indexes into ``state.reactions``, in order) each impression
+    of ``due`` claims, keyed by ``id()`` of the impression.
+
+    A feedback event belongs to the latest impression (by time, then event id) among all the
+    user's open ones that it joins (:func:`_joins`); it is claimed now when that impression is
+    due. Impressions of an item are kept sorted per request id, so finding the owner costs
+    a binary search in each of at most two lists, and a user shown the same item thousands
+    of times is labelled in ``O((impressions + reactions) log impressions)``, not their
+    product.
+    """
+    items = {p.item_id for p in due}
+    # Per item, every open impression (any request) and per (item, request id) those of
+    # that request; None is the lane of the impressions that name no request (an empty id
+    # names none, as in _joins).
+    anyone: defaultdict[str, list[Pending]] = defaultdict(list)
+    lanes: defaultdict[tuple[str, str | None], list[Pending]] = defaultdict(list)
+    for pending in state.pending:
+        if pending.item_id in items:
+            anyone[pending.item_id].append(pending)
+            lanes[(pending.item_id, pending.request_id or None)].append(pending)
+    for pool in (*anyone.values(), *lanes.values()):
+        pool.sort(key=lambda p: (p.timestamp, p.event_id))
+    due_ids = {id(p) for p in due}
+    claims: defaultdict[int, list[int]] = defaultdict(list)
+    for index, reaction in enumerate(state.reactions):
+        if reaction.claimed or reaction.item_id not in items:
+            continue
+        pools: tuple[list[Pending], ...]
+        if not reaction.request_id:
+            pools = (anyone[reaction.item_id],)
+        else:
+            pools = (
+                lanes.get((reaction.item_id, reaction.request_id), []),
+                lanes.get((reaction.item_id, None), []),
+            )
+        owner = None
+        for pool in pools:
+            found = _latest_joining(pool, reaction, config)
+            if found is not None and (
+                owner is None
+                or (found.timestamp, found.event_id) > (owner.timestamp, owner.event_id)
+            ):
+                owner = found
+        if owner is not None and id(owner) in due_ids:
+            claims[id(owner)].append(index)
+    return claims
+
+
+def _latest_joining(pool: list[Pending], reaction: Reaction, config: StateConfig) -> Pending | None:
+    """The latest impression of ``pool`` (sorted by time, all of the reaction's item and of a
+    request it matches) that ``reaction`` joins, if any."""
+    # The impressions the reaction does not precede by more than JOIN_SKEW_S are a prefix
+    # (the same float expression as _joins, monotonic in the impression's time).
+    end = bisect_right(pool, JOIN_SKEW_S, key=lambda p: p.timestamp - reaction.timestamp)
+    if not end:
+        return None
+    latest = pool[end - 1]
+    return latest if _joins(latest, reaction, config) else None
 
 
 def _example(
