@@ -93,11 +93,14 @@ def close_due_in_steps(
     * the example's features are the user's tables as of the start of its impression's step
       (:mod:`agents.state.features`), less its own feedback.
     """
-    due = [p for p in state.pending if label_due(p, config) <= watermark]
+    # label_due and reaction_due inline (the same expressions): a heavy user's thousands
+    # are scanned at every close.
+    window = config.label_window_s
+    due = [p for p in state.pending if p.timestamp + window + JOIN_SKEW_S <= watermark]
     if len(state.pending) - len(due) > config.max_pending:
         # The oldest open impressions are labelled now, with the feedback read so far.
         still_open = sorted(
-            (p for p in state.pending if label_due(p, config) > watermark),
+            (p for p in state.pending if p.timestamp + window + JOIN_SKEW_S > watermark),
             key=lambda p: (p.timestamp, p.event_id),
         )
         forced = still_open[: len(still_open) - config.max_pending]
@@ -107,7 +110,7 @@ def close_due_in_steps(
         yield from _label(state, due, user_id, config, out, step)
     kept, unclaimed = [], 0
     for reaction in state.reactions:
-        if reaction_due(reaction, config) <= watermark:
+        if reaction.timestamp + window + 2 * JOIN_SKEW_S <= watermark:
             unclaimed += not reaction.claimed
         else:
             kept.append(reaction)
@@ -170,24 +173,38 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
         if pending.item_id in items:
             anyone[pending.item_id].append(pending)
             lanes[(pending.item_id, pending.request_id or None)].append(pending)
+    times: dict[int, list[float]] = {}
     for pool in (*anyone.values(), *lanes.values()):
         pool.sort(key=lambda p: (p.timestamp, p.event_id))
+        times[id(pool)] = [p.timestamp for p in pool]
     due_ids = {id(p) for p in due}
+    # A reaction later than this after the latest due impression joins none of them (the
+    # same expression as _joins, monotonic in the impression's time): its owner, if any,
+    # is still open.
+    latest_due = max(p.timestamp for p in due)
+    window = config.label_window_s
     claims: defaultdict[int, list[int]] = defaultdict(list)
     for index, reaction in enumerate(state.reactions):
-        if reaction.claimed or reaction.item_id not in items:
+        if (
+            reaction.claimed
+            or reaction.item_id not in items
+            or reaction.timestamp - latest_due > window
+        ):
             continue
-        pools: tuple[list[Pending], ...]
         if not reaction.request_id:
-            pools = (anyone[reaction.item_id],)
+            pools = [anyone[reaction.item_id]]
         else:
-            pools = (
-                lanes.get((reaction.item_id, reaction.request_id), []),
-                lanes.get((reaction.item_id, None), []),
-            )
+            pools = [
+                pool
+                for pool in (
+                    lanes.get((reaction.item_id, reaction.request_id)),
+                    lanes.get((reaction.item_id, None)),
+                )
+                if pool
+            ]
         owner = None
         for pool in pools:
-            found = _latest_joining(pool, reaction, config)
+            found = _latest_joining(pool, times[id(pool)], reaction, config)
             if found is not None and (
                 owner is None
                 or (found.timestamp, found.event_id) > (owner.timestamp, owner.event_id)
@@ -198,12 +215,21 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     return claims
 
 
-def _latest_joining(pool: list[Pending], reaction: Reaction, config: StateConfig) -> Pending | None:
-    """The latest impression of ``pool`` (sorted by time, all of the reaction's item and of a
-    request it matches) that ``reaction`` joins, if any."""
-    # The impressions the reaction does not precede by more than JOIN_SKEW_S are a prefix
-    # (the same float expression as _joins, monotonic in the impression's time).
-    end = bisect_right(pool, JOIN_SKEW_S, key=lambda p: p.timestamp - reaction.timestamp)
+def _latest_joining(
+    pool: list[Pending], times: list[float], reaction: Reaction, config: StateConfig
+) -> Pending | None:
+    """The latest impression of ``pool`` (sorted by time, with ``times`` its timestamps; all
+    of the reaction's item and of a request it matches) that ``reaction`` joins, if any."""
+    # The impressions the reaction does not precede by more than JOIN_SKEW_S are a prefix:
+    # ``p.timestamp - reaction.timestamp <= JOIN_SKEW_S``, the expression of _joins, is
+    # monotonic in the impression's time. A search on the sum finds its end up to rounding;
+    # the steps after it settle the end by that expression exactly.
+    at = reaction.timestamp
+    end = bisect_right(times, at + JOIN_SKEW_S)
+    while end < len(times) and times[end] - at <= JOIN_SKEW_S:
+        end += 1
+    while end and times[end - 1] - at > JOIN_SKEW_S:
+        end -= 1
     if not end:
         return None
     latest = pool[end - 1]

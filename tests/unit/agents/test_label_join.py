@@ -37,8 +37,8 @@ def claimed_by_definition(state: UserState, watermark: float) -> dict[str, list[
 def random_user(rng: random.Random, impressions: int, reactions: int) -> UserState:
     items = [f"i{n}" for n in range(rng.choice((1, 2, 5)))]
     requests = [None, "", "r1", "r2", "r3"]
-    # Times on a coarse grid: ties and the window's exact edges occur.
-    grid = [JOIN_SKEW_S, CONFIG.label_window_s, 1.0, 0.5]
+    # Times on a grid: ties and the window's exact edges occur, some up to rounding.
+    grid = [JOIN_SKEW_S, CONFIG.label_window_s, 1.0, 0.5, 0.1, 0.3]
 
     def at() -> float:
         return 1000.0 + rng.randrange(40) * rng.choice(grid)
