@@ -164,13 +164,28 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     product.
     """
     items = {p.item_id for p in due}
+    # A reaction more than the label window after the latest due impression joins none of
+    # them (the expression of _joins, monotonic in the impression's time): its owner, if
+    # any, is still open.
+    latest_due = max(p.timestamp for p in due)
+    window = config.label_window_s
+    open_reactions = [
+        index
+        for index, reaction in enumerate(state.reactions)
+        if not reaction.claimed
+        and reaction.item_id in items
+        and reaction.timestamp - latest_due <= window
+    ]
+    if not open_reactions:
+        return {}
     # Per item, every open impression (any request) and per (item, request id) those of
     # that request; None is the lane of the impressions that name no request (an empty id
     # names none, as in _joins).
+    reacted = {state.reactions[index].item_id for index in open_reactions}
     anyone: defaultdict[str, list[Pending]] = defaultdict(list)
     lanes: defaultdict[tuple[str, str | None], list[Pending]] = defaultdict(list)
     for pending in state.pending:
-        if pending.item_id in items:
+        if pending.item_id in reacted:
             anyone[pending.item_id].append(pending)
             lanes[(pending.item_id, pending.request_id or None)].append(pending)
     times: dict[int, list[float]] = {}
@@ -178,19 +193,9 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
         pool.sort(key=lambda p: (p.timestamp, p.event_id))
         times[id(pool)] = [p.timestamp for p in pool]
     due_ids = {id(p) for p in due}
-    # A reaction later than this after the latest due impression joins none of them (the
-    # same expression as _joins, monotonic in the impression's time): its owner, if any,
-    # is still open.
-    latest_due = max(p.timestamp for p in due)
-    window = config.label_window_s
     claims: defaultdict[int, list[int]] = defaultdict(list)
-    for index, reaction in enumerate(state.reactions):
-        if (
-            reaction.claimed
-            or reaction.item_id not in items
-            or reaction.timestamp - latest_due > window
-        ):
-            continue
+    for index in open_reactions:
+        reaction = state.reactions[index]
         if not reaction.request_id:
             pools = [anyone[reaction.item_id]]
         else:
