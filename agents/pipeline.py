@@ -191,10 +191,9 @@ class InputPipeline:
         await self.sweep.rebuild_if_stale()
         messages = [_raw(message) for message in events]
         latest = time.time() + self.settings.max_future_s
-        decoded = Decoded()
+        decoded, max_bytes = Decoded(), self.settings.max_payload_bytes
         for first in range(0, len(messages), DECODE_SLICE):
             part = messages[first : first + DECODE_SLICE]
-            max_bytes = self.settings.max_payload_bytes
             decode_batch(part, self.impressions_topic, max_bytes, latest, decoded, first)
             await self.pause()
         watermarks = self.watermarks

@@ -93,14 +93,11 @@ def close_due_in_steps(
     * the example's features are the user's tables as of the start of its impression's step
       (:mod:`agents.state.features`), less its own feedback.
     """
-    # label_due and reaction_due inline (the same expressions): a heavy user's thousands
-    # are scanned at every close.
-    window = config.label_window_s
-    due = [p for p in state.pending if p.timestamp + window + JOIN_SKEW_S <= watermark]
+    due = [p for p in state.pending if label_due(p, config) <= watermark]
     if len(state.pending) - len(due) > config.max_pending:
         # The oldest open impressions are labelled now, with the feedback read so far.
         still_open = sorted(
-            (p for p in state.pending if p.timestamp + window + JOIN_SKEW_S > watermark),
+            (p for p in state.pending if label_due(p, config) > watermark),
             key=lambda p: (p.timestamp, p.event_id),
         )
         forced = still_open[: len(still_open) - config.max_pending]
@@ -110,7 +107,7 @@ def close_due_in_steps(
         yield from _label(state, due, user_id, config, out, step)
     kept, unclaimed = [], 0
     for reaction in state.reactions:
-        if reaction.timestamp + window + 2 * JOIN_SKEW_S <= watermark:
+        if reaction_due(reaction, config) <= watermark:
             unclaimed += not reaction.claimed
         else:
             kept.append(reaction)
