@@ -320,12 +320,16 @@ class InputPipeline:
         """Add the examples and score updates to ``step``'s outputs."""
         records = step.outputs
         lane, encoder = self.lane, self.encoder
+        # Counted per batch: looking up a labelled metric costs more than the rest of a
+        # record.
+        sources: Counter[str] = Counter()
+        groups: Counter[str] = Counter()
         for update in out.updates:
             if lane is not None:
                 merged = lane.merge(update.user_id, update.suppressions, update.timestamp)
                 update = replace(update, suppressions=merged)
             records.append(encoder.score_update(update, partitions.get(update.user_id)))
-            metrics.SCORE_UPDATES.labels(update.source).inc()
+            sources[update.source] += 1
             # An event the fast lane published first was timed by the lane.
             timed = tuple(
                 event_id for event_id in update.trigger_event_ids
@@ -334,9 +338,13 @@ class InputPipeline:
             step.timings.append((timed, sent_ms))
         for example in out.examples:
             group = "none" if example.label == NO_REACTION else kind_group(example.label)
-            metrics.EXAMPLES.labels(group).inc()
+            groups[group] += 1
             records.append(encoder.example(example, partitions.get(example.user_id)))
             await self.pause()
+        for source, count in sources.items():
+            metrics.SCORE_UPDATES.labels(source).inc(count)
+        for group, count in groups.items():
+            metrics.EXAMPLES.labels(group).inc(count)
 
 
 def _raw(message: Message) -> RawMessage:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
 
 from agents.state import counters
 from agents.state.config import StateConfig
@@ -141,7 +140,7 @@ def _label(
         for index in claims.get(id(pending), ()):
             reaction = state.reactions[index]
             claimed.append(reaction)
-            state.reactions[index] = replace(reaction, claimed=True)
+            state.reactions[index] = reaction.as_claimed()
         if _flagged_during(state, pending, config):
             out.counts["abuse_excluded"] += 1
         else:
@@ -249,11 +248,13 @@ def _example(
     cut = cut_of(pending.timestamp, config)
     # Its own feedback is never among its features: feedback up to JOIN_SKEW_S before the
     # impression can fall before the cut.
-    minus: Counter[str] = Counter()
+    minus: Counter[str] | None = None
     for reaction in claimed:
         if cut_of(reaction.timestamp, config) < cut:
             totals, named = feedback_counters(reaction.kind, reaction.creator_id,
                                               reaction.category)  # fmt: skip
+            if minus is None:
+                minus = Counter()
             minus.update(totals + named)
     if minus:
         short, long = window_sums(state, config, cut, minus)
@@ -263,9 +264,13 @@ def _example(
             cached = sums_at[cut] = window_sums(state, config, cut)
         short, long = cached
     row = feature_row(short, long, pending.item_id, pending.creator_id, pending.category)
-    kinds = tuple(r.kind for r in sorted(claimed, key=lambda r: (r.timestamp, r.event_id)))
+    if claimed:
+        in_order = sorted(claimed, key=lambda r: (r.timestamp, r.event_id))
+        kinds = tuple(r.kind for r in in_order)
+        label_ts: float | None = in_order[-1].timestamp
+    else:
+        kinds, label_ts = (), None
     label = label_of(kinds)
-    label_ts = max((r.timestamp for r in claimed), default=None)
     return Example(
         example_id=pending.event_id,
         user_id=user_id,

@@ -66,6 +66,14 @@ class Reaction:
     #: Whether an impression took it as (part of) its label.
     claimed: bool = False
 
+    def as_claimed(self) -> Reaction:
+        """The same reaction, claimed (positional: ``dataclasses.replace`` costs five times
+        as much)."""
+        return Reaction(
+            self.event_id, self.item_id, self.request_id, self.kind, self.timestamp,
+            self.creator_id, self.category, True,
+        )  # fmt: skip
+
     def to_wire(self) -> list[Any]:
         """The JSON-able form."""
         return [
