@@ -1,14 +1,21 @@
 """Backfill: a simulated history replayed at full speed through one worker on the embedded
 broker, the heavy-tailed world against a uniform one of the same size, in the same run.
 
-Each world's events are produced first (a backlog, as when bootstrapping from history); a
-worker with the default pipeline settings then reads them. Throughput counts from the
-worker's first accepted event to its last; the tail is then labelled by sentinel events
-(one impression and one feedback a partition, far ahead in event time) that move every
-partition's watermark past the last label window, so the bench need not wait for wall time
-to close it. Afterwards the outputs are read back and checked: one example per impression
-(duplicates and missing ones counted), every strong negative's item suppressed in a
-fast-path update it caused, the event loop's longest hold and the rebalances.
+Each world's events are produced first (a backlog, as when bootstrapping from history),
+followed on every partition by sentinel events (one impression and one feedback a
+partition, an hour after the world's newest event) that move the partition's watermark
+past the last label window once read, so the tail is labelled without waiting for wall
+time. A worker with the default pipeline settings then reads them.
+
+A backfill is done when every impression's example is out: throughput counts from the
+worker's first accepted event to the example of its last impression, so both worlds' times
+hold all their labelling (timed to the last accepted event with the sentinels sent after
+it, as this bench did before, a world of minutes had most of its label windows closed
+after the clock stopped, one of months almost none).
+
+Afterwards the outputs are read back and checked: one example per impression (duplicates
+and missing ones counted), every strong negative's item suppressed in a fast-path update
+it caused, the event loop's longest hold and the rebalances.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class Result:
     world: str
     events: int
     users: int
+    #: Over the time from the first accepted event to the last impression's example.
     events_per_s: float
     examples: int
     impressions: int
@@ -118,7 +126,12 @@ def run_world(
     }
     strong = {v["event_id"]: v["item_id"] for v in values if v.get("kind") in STRONG_NEGATIVE}
     users = len({v["user_id"] for v in values})
-    produce(settings, messages)
+    newest = max(
+        float(v["timestamp"]) for v in values if isinstance(v.get("timestamp"), float | int)
+    )
+    # Last on every partition: read once all of the partition's events are.
+    sentinels = _sentinels(settings, newest + 3600.0)
+    produce(settings, [*messages, *sentinels])
     worker = WorkerProcess(settings, root / f"{world}.log").start()
     try:
         idle_rss = rss_bytes(worker.process.pid)  # type: ignore[union-attr]
@@ -129,13 +142,11 @@ def run_world(
             if time.monotonic() - started > 120:
                 raise TimeoutError(f"the worker read nothing:\n{worker.log()[-2000:]}")
         first = time.monotonic()
-        total = _wait_metric(worker, "negstream_events_total", len(messages), timeout=3600)
+        expected = len(messages) + len(sentinels)
+        total = _wait_metric(worker, "negstream_events_total", expected, timeout=3600)
+        _wait_metric(worker, "negstream_examples_total", len(imp_ids), timeout=600)
         elapsed = time.monotonic() - first
-        newest = max(
-            float(v["timestamp"]) for v in values if isinstance(v.get("timestamp"), float | int)
-        )
-        produce(settings, _sentinels(settings, newest + 3600.0))
-        _wait_metric(worker, "negstream_examples_total", len(imp_ids), timeout=300)
+        total -= len(sentinels)
         time.sleep(2.0)  # fast-path updates of the last batch
         samples = worker.metrics()
         rss = rss_bytes(worker.process.pid)  # type: ignore[union-attr]
