@@ -70,7 +70,12 @@ MALFORMED_REASONS: tuple[str, ...] = (
     "nan",
     "oversize",
 )
-OVERSIZE_BYTES = 1024 * 1024 + 1024
+#: Padding of an oversize payload: over the worker's default limit
+#: (``NEGSTREAM_MAX_PAYLOAD_BYTES``, 64 KiB) and under a Kafka broker's default largest
+#: record (1 MB), so a producer can send it and the worker dead-letters it. A larger one
+#: makes the embedded broker, which keeps every record in memory and slows with its topics'
+#: size, hold mostly padding.
+OVERSIZE_BYTES = 128 * 1024
 #: What flooding bots send: only negatives, none that needs a dwell time.
 _FLOOD_KINDS = (*EXPLICIT_NEGATIVE, "skip")
 #: Longest extra wait of a duplicate behind the original emission.

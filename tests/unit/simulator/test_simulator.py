@@ -24,6 +24,7 @@ from simulator.stream import (
     SimulatorConfig,
     to_jsonl_lines,
 )
+from streams.settings import Settings
 
 IMPRESSION_FIELDS = {
     "event_id": str,
@@ -254,7 +255,7 @@ def test_every_malformed_kind_appears_and_is_broken_as_labelled(
         elif reason == "nan":
             assert b"NaN" in payload and math.isnan(parsed["timestamp"])
         elif reason == "oversize":
-            assert len(payload) > 1024 * 1024
+            assert Settings.max_payload_bytes < len(payload) < 1_000_000
 
 
 def test_jsonl_lines_hold_the_valid_events_only(
