@@ -67,8 +67,8 @@ class Reaction:
     claimed: bool = False
 
     def as_claimed(self) -> Reaction:
-        """The same reaction, claimed (positional: ``dataclasses.replace`` costs five times
-        as much)."""
+        """The same reaction, claimed (built positionally: ``dataclasses.replace`` takes
+        about 2.4 times as long)."""
         return Reaction(
             self.event_id, self.item_id, self.request_id, self.kind, self.timestamp,
             self.creator_id, self.category, True,
