@@ -110,7 +110,8 @@ def _wait_metric(
     names = (names,) if isinstance(names, str) else names
     deadline = time.monotonic() + timeout
     while True:
-        value = sum(v for (n, _), v in worker.metrics().items() if n in names)
+        samples = worker.metrics()
+        value = sum(metric_sum(samples, name) for name in names)
         if value >= target or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
@@ -139,7 +140,8 @@ def run_world(
     worker = WorkerProcess(settings, root / f"{world}.log").start()
     try:
         idle_rss = rss_bytes(worker.process.pid)  # type: ignore[union-attr]
-        # The worker's first accepted event starts the clock; the last one stops it.
+        # The worker's first accepted event starts the clock; the labelling of the last
+        # impression stops it.
         started = time.monotonic()
         while metric(worker, "negstream_events_total") == 0:
             time.sleep(0.05)
