@@ -9,7 +9,7 @@ from agents.state.config import StateConfig
 from agents.state.counters import feedback_counters
 from agents.state.features import cut_of, short_sums
 from agents.state.outputs import Outputs
-from agents.state.state import Candidate, Pending, Reaction, UserState
+from agents.state.state import Candidate, Pending, Reaction, UserState, insert_in_time_order
 from agents.state.suppression import Ranked, fast_path_update
 from schemas.events import Feedback, Impression
 from schemas.kinds import NEGATIVE_KINDS
@@ -110,10 +110,11 @@ def _apply_impression(
     left_out = writer.count(imp.timestamp, [counters.IMPRESSIONS], named, "#i")
     if left_out:
         out.counts["capped:window_names"] += left_out
-    state.pending.append(
+    insert_in_time_order(
+        state.pending,
         Pending(
             imp.event_id, imp.item_id, imp.creator_id, imp.category, imp.request_id, imp.timestamp
-        )
+        ),
     )
     candidates = [c for c in state.candidates if c.item_id != imp.item_id]
     # Shared: every user's candidate of an item is one object.
@@ -128,7 +129,8 @@ def _apply_feedback(
     left_out = writer.count(fb.timestamp, totals, named, "#f")
     if left_out:
         out.counts["capped:window_names"] += left_out
-    state.reactions.append(
+    insert_in_time_order(
+        state.reactions,
         Reaction(
             fb.event_id,
             fb.item_id,
@@ -137,7 +139,7 @@ def _apply_feedback(
             fb.timestamp,
             fb.creator_id,
             fb.category,
-        )
+        ),
     )
     if fb.kind in NEGATIVE_KINDS:
         short = short_sums(state, config, cut_of(fb.timestamp, config) + 1)

@@ -110,8 +110,8 @@ def _expire(state: UserState, config: StateConfig, watermark: float, out: Output
     # tables as they stand now).
     horizon = min(cut_of(max(0.0, watermark - config.grace_s), config), now_cut(state, config))
     if state.pending:
-        # The cut is monotonic in the time: the oldest impression's is the least.
-        horizon = min(horizon, cut_of(min(p.timestamp for p in state.pending), config))
+        # The cut is monotonic in the time: the oldest impression's (the first) is the least.
+        horizon = min(horizon, cut_of(state.pending[0].timestamp, config))
     windows.expire(state.fine, oldest_fine_needed(horizon, config))
     windows.expire(state.long, oldest_long_needed(horizon, config))
     _trim_seen(state, config, watermark, out)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from agents.state import counters
 from agents.state.config import StateConfig
 from agents.state.counters import feedback_counters
 from agents.state.features import Sums, cut_of, feature_row, short_sums, window_sums
 from agents.state.outputs import Outputs
-from agents.state.state import Pending, Reaction, Schedule, UserState
+from agents.state.state import Pending, Reaction, Schedule, UserState, time_order
 from schemas.events import FEATURE_NAMES, Example
 from schemas.kinds import label_of, severity
 
@@ -38,10 +38,12 @@ def _reaction_due_at(timestamp: float, config: StateConfig) -> float:
 
 
 def next_deadline(state: UserState, config: StateConfig) -> float | None:
-    """Watermark at which the user's earliest open impression or reaction is due, if any."""
-    times = [label_due(p, config) for p in state.pending]
-    times += [reaction_due(r, config) for r in state.reactions]
-    return min(times) if times else None
+    """Watermark at which the user's earliest open impression or reaction is due, if any:
+    the first of each list's (both are in time order, and a due time grows with the time)."""
+    if state.pending:
+        due = label_due(state.pending[0], config)
+        return min(due, reaction_due(state.reactions[0], config)) if state.reactions else due
+    return reaction_due(state.reactions[0], config) if state.reactions else None
 
 
 def scheduled_deadline(schedule: Schedule, config: StateConfig) -> float | None:
@@ -92,45 +94,56 @@ def close_due_in_steps(
     * the example's features are the user's tables as of the start of its impression's step
       (:mod:`agents.state.features`), less its own feedback.
     """
-    due = [p for p in state.pending if label_due(p, config) <= watermark]
-    if len(state.pending) - len(due) > config.max_pending:
+    # Both lists are in time order and a due time grows with the time, so what is due is a
+    # prefix of each: the work is O(due), however many stay open.
+    pending = state.pending
+    count = _due_prefix(pending, _label_due_at, config, watermark)
+    if len(pending) - count > config.max_pending:
         # The oldest open impressions are labelled now, with the feedback read so far.
-        still_open = sorted(
-            (p for p in state.pending if label_due(p, config) > watermark),
-            key=lambda p: (p.timestamp, p.event_id),
-        )
-        forced = still_open[: len(still_open) - config.max_pending]
-        out.counts["capped:pending"] += len(forced)
-        due += forced
-    if due:
-        yield from _label(state, due, user_id, config, out, step)
-    kept, unclaimed = [], 0
-    for reaction in state.reactions:
-        if reaction_due(reaction, config) <= watermark:
-            unclaimed += not reaction.claimed
-        else:
-            kept.append(reaction)
-    if len(kept) > config.max_reactions:
-        kept.sort(key=lambda r: (r.timestamp, r.event_id))
-        dropped = kept[: len(kept) - config.max_reactions]
-        out.counts["capped:reactions"] += len(dropped)
-        unclaimed += sum(not r.claimed for r in dropped)
-        kept = kept[len(dropped) :]
-    if unclaimed:
-        out.counts["unmatched_feedback"] += unclaimed
-    state.reactions = kept
+        forced = len(pending) - count - config.max_pending
+        out.counts["capped:pending"] += forced
+        count += forced
+    if count:
+        yield from _label(state, count, user_id, config, out, step)
+    reactions = state.reactions
+    gone = _due_prefix(reactions, _reaction_due_at, config, watermark)
+    if len(reactions) - gone > config.max_reactions:
+        dropped = len(reactions) - gone - config.max_reactions
+        out.counts["capped:reactions"] += dropped
+        gone += dropped
+    if gone:
+        unclaimed = sum(not r.claimed for r in reactions[:gone])
+        if unclaimed:
+            out.counts["unmatched_feedback"] += unclaimed
+        state.reactions = reactions[gone:]
+
+
+def _due_prefix(
+    entries: list[Pending] | list[Reaction],
+    due_at: Callable[[float, StateConfig], float],
+    config: StateConfig,
+    watermark: float,
+) -> int:
+    """How many of ``entries`` (in time order) are due at ``watermark``, ``due_at`` giving
+    an entry's due time from its time."""
+    count = 0
+    for entry in entries:
+        if due_at(entry.timestamp, config) > watermark:
+            break
+        count += 1
+    return count
 
 
 def _label(
     state: UserState,
-    due: list[Pending],
+    count: int,
     user_id: str,
     config: StateConfig,
     out: Outputs,
     step: int,
 ) -> Iterator[None]:
-    due.sort(key=lambda p: (p.timestamp, p.event_id))
-    done = {p.event_id for p in due}
+    """Label the first ``count`` open impressions, in time order."""
+    due = state.pending[:count]
     claims = _claims(state, due, config)
     sums_at: dict[int, tuple[Sums, Sums]] = {}
     for labelled, pending in enumerate(due, 1):
@@ -145,7 +158,7 @@ def _label(
             out.counts["abuse_excluded"] += 1
         else:
             out.examples.append(_example(state, user_id, pending, claimed, config, sums_at))
-    state.pending = [p for p in state.pending if p.event_id not in done]
+    state.pending = state.pending[count:]
 
 
 def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[int, list[int]]:
@@ -161,17 +174,16 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     """
     items = {p.item_id for p in due}
     # A reaction more than the label window after the latest due impression joins none of
-    # them (the expression of _joins, monotonic in the impression's time): its owner, if
-    # any, is still open.
-    latest_due = max(p.timestamp for p in due)
+    # them (the expression of _joins, monotonic in both times): its owner, if any, is still
+    # open. The reactions are in time order, so those are a suffix, never looked at.
+    latest_due = due[-1].timestamp
     window = config.label_window_s
-    open_reactions = [
-        index
-        for index, reaction in enumerate(state.reactions)
-        if not reaction.claimed
-        and reaction.item_id in items
-        and reaction.timestamp - latest_due <= window
-    ]
+    open_reactions = []
+    for index, reaction in enumerate(state.reactions):
+        if reaction.timestamp - latest_due > window:
+            break
+        if not reaction.claimed and reaction.item_id in items:
+            open_reactions.append(index)
     if not open_reactions:
         return {}
     # Per item, every open impression (any request) and per (item, request id) those of
@@ -180,13 +192,13 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     reacted = {state.reactions[index].item_id for index in open_reactions}
     anyone: defaultdict[str, list[Pending]] = defaultdict(list)
     lanes: defaultdict[tuple[str, str | None], list[Pending]] = defaultdict(list)
+    # Each pool is in time order, as the open impressions are.
     for pending in state.pending:
         if pending.item_id in reacted:
             anyone[pending.item_id].append(pending)
             lanes[(pending.item_id, pending.request_id or None)].append(pending)
     times: dict[int, list[float]] = {}
     for pool in (*anyone.values(), *lanes.values()):
-        pool.sort(key=lambda p: (p.timestamp, p.event_id))
         times[id(pool)] = [p.timestamp for p in pool]
     due_ids = {id(p) for p in due}
     claims: defaultdict[int, list[int]] = defaultdict(list)
@@ -206,10 +218,7 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
         owner = None
         for pool in pools:
             found = _latest_joining(pool, times[id(pool)], reaction, config)
-            if found is not None and (
-                owner is None
-                or (found.timestamp, found.event_id) > (owner.timestamp, owner.event_id)
-            ):
+            if found is not None and (owner is None or time_order(found) > time_order(owner)):
                 owner = found
         if owner is not None and id(owner) in due_ids:
             claims[id(owner)].append(index)
@@ -265,9 +274,9 @@ def _example(
         short, long = cached
     row = feature_row(short, long, pending.item_id, pending.creator_id, pending.category)
     if claimed:
-        in_order = sorted(claimed, key=lambda r: (r.timestamp, r.event_id))
-        kinds = tuple(r.kind for r in in_order)
-        label_ts: float | None = in_order[-1].timestamp
+        # In time order, as the reactions they were taken from.
+        kinds = tuple(r.kind for r in claimed)
+        label_ts: float | None = claimed[-1].timestamp
     else:
         kinds, label_ts = (), None
     label = label_of(kinds)

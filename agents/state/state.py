@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from sys import intern
@@ -94,6 +95,21 @@ class Reaction:
             event_id, item_id, request_id, kind, float(timestamp), creator_id, category,
             bool(claimed),
         )  # fmt: skip
+
+
+def time_order(entry: Pending | Reaction) -> tuple[float, str]:
+    """The order of a user's open impressions and of its kept reactions: event time, then
+    event id (a total order whatever the read order)."""
+    return entry.timestamp, entry.event_id
+
+
+def insert_in_time_order(entries: list[Any], entry: Pending | Reaction) -> None:
+    """Insert ``entry`` into ``entries``, kept in :func:`time_order`: an append for an event
+    read in time order, a binary search for one read late."""
+    if entries and time_order(entry) < time_order(entries[-1]):
+        insort(entries, entry, key=time_order)
+    else:
+        entries.append(entry)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -200,6 +216,8 @@ class UserState:
     #: Step-sized buckets (``window_step_s``) of the recent past, and long-window buckets.
     fine: Buckets = field(default_factory=dict)
     long: Buckets = field(default_factory=dict)
+    #: Open impressions and kept reactions, each in :func:`time_order`: a close labels a
+    #: prefix and the next deadline is the first entry's.
     pending: list[Pending] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
@@ -282,8 +300,13 @@ class UserState:
             dedupe.packed(wire.get("seen_old") or {}),
             _buckets(wire.get("fine") or wire.get("short") or {}),
             _buckets(wire.get("long") or {}),
-            [Pending.from_wire(p) for p in wire.get("pending") or ()],
-            [Reaction.from_wire(r) for r in wire.get("reactions") or wire.get("orphans") or ()],
+            # Sorted: a value written before the lists were kept in time order has them in
+            # read order (sorting a sorted list is one pass).
+            sorted((Pending.from_wire(p) for p in wire.get("pending") or ()), key=time_order),
+            sorted(
+                (Reaction.from_wire(r) for r in wire.get("reactions") or wire.get("orphans") or ()),
+                key=time_order,
+            ),
             [Candidate.from_wire(c) for c in wire.get("candidates") or ()],
             [_suppression(s) for s in wire.get("suppressions") or ()],
             float(wire.get("flagged_since", 0.0)),

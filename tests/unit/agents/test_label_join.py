@@ -12,7 +12,7 @@ from agents.state import label_join
 from agents.state.config import StateConfig
 from agents.state.label_join import JOIN_SKEW_S, close_due
 from agents.state.outputs import Outputs
-from agents.state.state import Pending, Reaction, UserState
+from agents.state.state import Pending, Reaction, UserState, time_order
 from schemas.events import Example
 
 CONFIG = StateConfig()
@@ -43,24 +43,31 @@ def random_user(rng: random.Random, impressions: int, reactions: int) -> UserSta
     def at() -> float:
         return 1000.0 + rng.randrange(40) * rng.choice(grid)
 
+    # Both lists in time order, as the fold keeps them.
     state = UserState()
-    state.pending = [
-        Pending(f"p{n}", rng.choice(items), "c", "g", rng.choice(requests), at())
-        for n in range(impressions)
-    ]
-    state.reactions = [
-        Reaction(
-            f"f{n}",
-            rng.choice(items),
-            rng.choice(requests),
-            rng.choice(("skip", "hide")),
-            at(),
-            "c",
-            "g",
-            claimed=rng.random() < 0.1,
-        )
-        for n in range(reactions)
-    ]
+    state.pending = sorted(
+        (
+            Pending(f"p{n}", rng.choice(items), "c", "g", rng.choice(requests), at())
+            for n in range(impressions)
+        ),
+        key=time_order,
+    )
+    state.reactions = sorted(
+        (
+            Reaction(
+                f"f{n}",
+                rng.choice(items),
+                rng.choice(requests),
+                rng.choice(("skip", "hide")),
+                at(),
+                "c",
+                "g",
+                claimed=rng.random() < 0.1,
+            )
+            for n in range(reactions)
+        ),
+        key=time_order,
+    )
     return state
 
 

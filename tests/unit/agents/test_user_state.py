@@ -307,3 +307,60 @@ def test_the_deadline_index_reads_from_the_wire_what_the_decoded_state_gives() -
            "orphans": [{"item_id": "i9", "kind": "skip", "timestamp": T0 + 1.0}]}  # fmt: skip
     assert Schedule.from_wire(old) == Schedule.of(UserState.from_wire(old))
     assert user_state.scheduled_deadline(Schedule.from_wire({}), SETTINGS) is None
+
+
+def test_open_impressions_and_reactions_stay_in_time_order_whatever_the_read_order() -> None:
+    # Events within the grace, read in two orders: the state keeps both lists in time order
+    # (then event id), so a close labels a prefix, and the two reads give one state.
+    events: list[Impression | Feedback] = [
+        imp("e5", 50.0), imp("e1", 10.0), fb("f3", 30.0), imp("e3", 30.0), imp("e2", 10.0),
+        fb("f1", 12.0), fb("f0", 12.0), imp("e4", 40.0), fb("f2", 5.0),
+    ]  # fmt: skip
+    in_time = sorted(events, key=lambda e: (e.timestamp, e.event_id))
+    a, _ = user_state.apply_events(None, events, SETTINGS)
+    b, _ = user_state.apply_events(None, in_time, SETTINGS)
+    assert [p.event_id for p in a.pending] == ["e1", "e2", "e3", "e4", "e5"]
+    assert [r.event_id for r in a.reactions] == ["f2", "f0", "f1", "f3"]
+    assert (a.pending, a.reactions) == (b.pending, b.reactions)
+    # A state written before the lists were kept in order is read back in order.
+    wire = a.to_wire()
+    wire["pending"].reverse()
+    wire["reactions"].reverse()
+    assert (UserState.from_wire(wire).pending, UserState.from_wire(wire).reactions) == (
+        a.pending,
+        a.reactions,
+    )
+
+
+def test_a_close_looks_only_at_what_is_due(monkeypatch: Any) -> None:
+    # A user with thousands of open impressions and reactions, one of each due: a close and
+    # the next deadline read O(due) entries, not all of them.
+    from agents.state import label_join
+
+    n = 2000
+    events: list[Impression | Feedback] = []
+    for k in range(n):
+        events += [imp(f"p{k}", 10.0 * k, item=f"i{k}"), fb(f"f{k}", 10.0 * k + 1, item=f"i{k}")]
+    state, _ = user_state.apply_events(None, events, SETTINGS)
+    looked = 0
+    label_due_at, reaction_due_at = label_join._label_due_at, label_join._reaction_due_at
+
+    def counted(due_at: Any) -> Any:
+        def wrapped(timestamp: float, config: Any) -> float:
+            nonlocal looked
+            looked += 1
+            due: float = due_at(timestamp, config)
+            return due
+
+        return wrapped
+
+    monkeypatch.setattr(label_join, "_label_due_at", counted(label_due_at))
+    monkeypatch.setattr(label_join, "_reaction_due_at", counted(reaction_due_at))
+    # The first impression (t=0) and its skip (t=1) are due, the second (t=10) not yet.
+    mark = T0 + 1.0 + SETTINGS.label_window_s + 2 * user_state.JOIN_SKEW_S
+    after, out = user_state.advance(state, mark, "u1", SETTINGS)
+    assert [e.example_id for e in out.examples] == ["p0"]
+    assert [e.kinds for e in out.examples] == [("dislike",)]
+    assert (len(after.pending), len(after.reactions)) == (n - 1, n - 1)
+    assert user_state.next_deadline(after, SETTINGS) == T0 + 10.0 + 60.0 + user_state.JOIN_SKEW_S
+    assert looked <= 8, f"{looked} due times read for {n} open impressions and reactions"
