@@ -192,8 +192,13 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     reacted = {state.reactions[index].item_id for index in open_reactions}
     anyone: defaultdict[str, list[Pending]] = defaultdict(list)
     lanes: defaultdict[tuple[str, str | None], list[Pending]] = defaultdict(list)
-    # Each pool is in time order, as the open impressions are.
+    # Each pool is in time order, as the open impressions are. An impression more than
+    # JOIN_SKEW_S after the latest of these reactions joins none of them (the expression of
+    # _joins, monotonic in both times), so the pools stop before it.
+    last = state.reactions[open_reactions[-1]].timestamp
     for pending in state.pending:
+        if pending.timestamp - last > JOIN_SKEW_S:
+            break
         if pending.item_id in reacted:
             anyone[pending.item_id].append(pending)
             lanes[(pending.item_id, pending.request_id or None)].append(pending)
@@ -205,7 +210,8 @@ def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[i
     for index in open_reactions:
         reaction = state.reactions[index]
         if not reaction.request_id:
-            pools = [anyone[reaction.item_id]]
+            item_pool = anyone.get(reaction.item_id)
+            pools = [item_pool] if item_pool else []
         else:
             pools = [
                 pool
