@@ -106,14 +106,21 @@ def metric_sum(samples: dict[tuple[str, Any], float], name: str) -> float:
 def _wait_metric(
     worker: WorkerProcess, names: str | tuple[str, ...], target: float, timeout: float
 ) -> float:
-    """Wait until the sum of the metrics ``names`` reaches ``target``; return the sum."""
+    """Wait until the sum of the metrics ``names`` reaches ``target``; return the sum.
+    Raises :class:`TimeoutError` past ``timeout`` seconds: a rate timed to a timeout would
+    measure the timeout."""
     names = (names,) if isinstance(names, str) else names
     deadline = time.monotonic() + timeout
     while True:
         samples = worker.metrics()
         value = sum(metric_sum(samples, name) for name in names)
-        if value >= target or time.monotonic() > deadline:
+        if value >= target:
             return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{' + '.join(names)} reached {value:,.0f} of {target:,.0f} in {timeout:,.0f} s"
+                f":\n{worker.log()[-2000:]}"
+            )
         time.sleep(0.2)
 
 
