@@ -94,23 +94,16 @@ def close_due_in_steps(
     * the example's features are the user's tables as of the start of its impression's step
       (:mod:`agents.state.features`), less its own feedback.
     """
-    # Both lists are in time order and a due time grows with the time, so what is due is a
-    # prefix of each: the work is O(due), however many stay open.
-    pending = state.pending
-    count = _due_prefix(pending, _label_due_at, config, watermark)
-    if len(pending) - count > config.max_pending:
-        # The oldest open impressions are labelled now, with the feedback read so far.
-        forced = len(pending) - count - config.max_pending
-        out.counts["capped:pending"] += forced
-        count += forced
+    # Both lists are in time order and a due time grows with the time, so what closes is a
+    # prefix of each: the work is O(due), however many stay open. Past its cap, the oldest
+    # open impressions are labelled now, with the feedback read so far.
+    count = _closing(state.pending, _label_due_at, config.max_pending, "pending", config,
+                     watermark, out)  # fmt: skip
     if count:
         yield from _label(state, count, user_id, config, out, step)
     reactions = state.reactions
-    gone = _due_prefix(reactions, _reaction_due_at, config, watermark)
-    if len(reactions) - gone > config.max_reactions:
-        dropped = len(reactions) - gone - config.max_reactions
-        out.counts["capped:reactions"] += dropped
-        gone += dropped
+    gone = _closing(reactions, _reaction_due_at, config.max_reactions, "reactions", config,
+                    watermark, out)  # fmt: skip
     if gone:
         unclaimed = sum(not r.claimed for r in reactions[:gone])
         if unclaimed:
@@ -118,19 +111,27 @@ def close_due_in_steps(
         state.reactions = reactions[gone:]
 
 
-def _due_prefix(
+def _closing(
     entries: list[Pending] | list[Reaction],
     due_at: Callable[[float, StateConfig], float],
+    cap: int,
+    collection: str,
     config: StateConfig,
     watermark: float,
+    out: Outputs,
 ) -> int:
-    """How many of ``entries`` (in time order) are due at ``watermark``, ``due_at`` giving
-    an entry's due time from its time."""
+    """How many of ``entries`` (in time order) close at ``watermark``: those due (``due_at``
+    gives an entry's due time from its time), then the oldest beyond ``cap`` of the rest,
+    counted as ``capped:<collection>``."""
     count = 0
     for entry in entries:
         if due_at(entry.timestamp, config) > watermark:
             break
         count += 1
+    over = len(entries) - count - cap
+    if over > 0:
+        out.counts["capped:" + collection] += over
+        count += over
     return count
 
 
