@@ -7,7 +7,7 @@ from bisect import insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from sys import intern
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -97,19 +97,28 @@ class Reaction:
         )  # fmt: skip
 
 
+#: An open impression or a kept reaction.
+Entry = TypeVar("Entry", Pending, Reaction)
+
+
 def time_order(entry: Pending | Reaction) -> tuple[float, str]:
     """The order of a user's open impressions and of its kept reactions: event time, then
     event id (a total order whatever the read order)."""
     return entry.timestamp, entry.event_id
 
 
-def insert_in_time_order(entries: list[Any], entry: Pending | Reaction) -> None:
+def insert_in_time_order(entries: list[Entry], entry: Entry) -> None:
     """Insert ``entry`` into ``entries``, kept in :func:`time_order`: an append for an event
-    read in time order, a binary search for one read late."""
-    if entries and time_order(entry) < time_order(entries[-1]):
-        insort(entries, entry, key=time_order)
-    else:
-        entries.append(entry)
+    read in time order (compared by time alone unless the times tie), a binary search for
+    one read late."""
+    if entries:
+        last = entries[-1]
+        if entry.timestamp < last.timestamp or (
+            entry.timestamp == last.timestamp and entry.event_id < last.event_id
+        ):
+            insort(entries, entry, key=time_order)
+            return
+    entries.append(entry)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
