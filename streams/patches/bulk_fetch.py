@@ -5,13 +5,28 @@ to ``_drain_messages``, which gives each its own task, channel put and stream st
 (see :mod:`streams.bulk` for what that cost). This wrapper keeps Faust's own bookkeeping
 (read offset, gaps) and appends the records of topics that have a ``BulkSource`` to it.
 It can go when Faust offers a batch consumer path for a subscribed topic.
+
+A source that is full takes its partitions out of the consumer's fetches until its reader
+has taken it below half (``Consumer.on_buffer_full``). Faust's fetch loop then asks the
+broker for the other partitions only, waiting up to 1 s for their records, or sleeps 1 s
+when no partition is left: the partitions that resume meanwhile wait for that to end, and
+their reader runs dry. At a backlog that stalled the input reader for 0.3-0.7 s every
+1.5-2 s, about a third of its time. So while a source holds partitions paused, a fetch
+waits at most :data:`RESUME_POLL_S`, and with no partition left to fetch the loop waits
+that long at a time for one to resume instead of the 1 s sleep.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from faust.transport.consumer import Consumer
+
+__all__ = ["RESUME_POLL_S", "install"]
+
+#: The longest a fetch waits while a bulk source holds partitions paused (seconds).
+RESUME_POLL_S = 0.01
 
 _getmany = Consumer.getmany
 
@@ -25,6 +40,15 @@ async def _getmany_with_bulk_sources(consumer: Any, timeout: float) -> Any:
         async for item in _getmany(consumer, timeout):
             yield item
         return
+    if any(source.paused for source in sources.values()):
+        timeout = min(timeout, RESUME_POLL_S)
+        while (
+            not consumer._get_active_partitions()
+            and any(source.paused for source in sources.values())
+            and consumer.flow_active
+            and not consumer.should_stop
+        ):
+            await asyncio.sleep(RESUME_POLL_S)
     read_offset = consumer._read_offset
     async for tp, message in _getmany(consumer, timeout):
         source = sources.get(tp.topic)
