@@ -11,9 +11,9 @@ has taken it below half (``Consumer.on_buffer_full``). Faust's fetch loop then a
 broker for the other partitions only, waiting up to 1 s for their records, or sleeps 1 s
 when no partition is left: the partitions that resume meanwhile wait for that to end, and
 their reader runs dry. At a backlog that stalled the input reader for 0.3-0.7 s every
-1.5-2 s, about a third of its time. So while a source holds partitions paused, a fetch
-waits at most :data:`RESUME_POLL_S`, and with no partition left to fetch the loop waits
-that long at a time for one to resume instead of the 1 s sleep.
+1.5-2 s, a quarter to a third of its time. So while a source holds partitions paused, a
+fetch waits at most :data:`RESUME_POLL_S`, and with no partition left to fetch the loop
+waits that long at a time for one to resume instead of the 1 s sleep.
 """
 
 from __future__ import annotations
