@@ -230,9 +230,6 @@ def test_taking_records_tells_faust_their_partitions_are_being_processed() -> No
     assert set(app.monitor.stream_inbound_time) == {TP("feedback", 0), TP("feedback", 2)}
 
 
-_NOTHING: list[tuple[Any, Message]] = []
-
-
 class _FetchingConsumer(_Consumer):
     """A consumer whose active partitions follow what the sources pause and resume."""
 
@@ -257,10 +254,28 @@ class _FetchingConsumer(_Consumer):
         self.active.add(tp)
 
 
-def _fetching(assigned: set[TP], max_buffered: int) -> tuple[Any, BulkSource, _FetchingConsumer]:
+def _fetching(
+    monkeypatch: pytest.MonkeyPatch, assigned: set[TP], max_buffered: int
+) -> tuple[BulkSource, _FetchingConsumer, list[tuple[float, set[TP]]]]:
+    """A source and its consumer, whose fetches (Faust's part) return nothing and are
+    recorded as (the wait they were given, the partitions active when they began)."""
     app = _app()
     app.consumer = consumer = _FetchingConsumer(app, assigned)
-    return app, BulkSource(app, ["feedback"], max_buffered=max_buffered), consumer
+    fetches: list[tuple[float, set[TP]]] = []
+
+    async def getmany(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Message]]:
+        fetches.append((timeout, set(consumer._get_active_partitions())))
+        for item in list[tuple[Any, Message]]():
+            yield item
+
+    monkeypatch.setattr(bulk_fetch, "_getmany", getmany)
+    return BulkSource(app, ["feedback"], max_buffered=max_buffered), consumer, fetches
+
+
+async def _fetch(consumer: Any) -> None:
+    """One turn of Faust's fetch loop, which asks for a wait of 1 s."""
+    async for _ in bulk_fetch._getmany_with_bulk_sources(consumer, 1.0):
+        pass
 
 
 def test_a_fetch_waits_briefly_while_a_full_source_holds_partitions_paused(
@@ -268,85 +283,47 @@ def test_a_fetch_waits_briefly_while_a_full_source_holds_partitions_paused(
 ) -> None:
     # Faust waits up to 1 s for the partitions still fetched: a paused one that resumes
     # meanwhile would wait for that to end while its reader runs dry.
-    waits: list[float] = []
-
-    async def getmany(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Message]]:
-        waits.append(timeout)
-        for item in _NOTHING:
-            yield item
-
-    monkeypatch.setattr(bulk_fetch, "_getmany", getmany)
     other = TP("users-changelog", 0)
-    _, source, consumer = _fetching({TP("feedback", 0), other}, max_buffered=2)
-
-    async def fetch() -> None:
-        async for _ in bulk_fetch._getmany_with_bulk_sources(consumer, 1.0):
-            pass
-
-    asyncio.run(fetch())
+    source, consumer, fetches = _fetching(monkeypatch, {TP("feedback", 0), other}, 2)
+    asyncio.run(_fetch(consumer))
     _put(source, _message(0), _message(1))
     assert consumer.active == {other}
-    asyncio.run(fetch())
-    assert waits == [1.0, bulk_fetch.RESUME_POLL_S]
+    asyncio.run(_fetch(consumer))
+    assert [wait for wait, _ in fetches] == [1.0, bulk_fetch.RESUME_POLL_S]
 
 
 def test_with_every_partition_paused_the_fetch_starts_as_soon_as_one_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Faust's fetch loop sleeps 1 s when no partition is active.
-    fetched: list[set[TP]] = []
-
-    async def getmany(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Message]]:
-        fetched.append(set(consumer._get_active_partitions()))
-        for item in _NOTHING:
-            yield item
-
-    monkeypatch.setattr(bulk_fetch, "_getmany", getmany)
     tp = TP("feedback", 0)
-    _, source, consumer = _fetching({tp}, max_buffered=4)
+    source, consumer, fetches = _fetching(monkeypatch, {tp}, 4)
 
     async def scenario() -> None:
         _put(source, *(_message(offset) for offset in range(4)))
         assert consumer.active == set()
-
-        async def fetch() -> None:
-            async for _ in bulk_fetch._getmany_with_bulk_sources(consumer, 1.0):
-                pass
-
-        fetching = asyncio.create_task(fetch())
+        fetching = asyncio.create_task(_fetch(consumer))
         await asyncio.sleep(0.05)
-        assert not fetching.done() and fetched == [], "no fetch while nothing can be fetched"
+        assert not fetching.done() and fetches == [], "no fetch while nothing can be fetched"
         await source.take(3, within_s=0.0)  # 1 left: below half, the partition resumes
         await asyncio.wait_for(fetching, 0.5)
-        assert fetched == [{tp}]
 
     asyncio.run(scenario())
+    assert fetches == [(bulk_fetch.RESUME_POLL_S, {tp})]
 
 
 def test_a_fetch_with_every_partition_paused_gives_way_to_a_rebalance(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls: list[float] = []
-
-    async def getmany(consumer: Any, timeout: float) -> AsyncIterator[tuple[Any, Message]]:
-        calls.append(timeout)
-        for item in _NOTHING:
-            yield item
-
-    monkeypatch.setattr(bulk_fetch, "_getmany", getmany)
-    _, source, consumer = _fetching({TP("feedback", 0)}, max_buffered=1)
+    source, consumer, fetches = _fetching(monkeypatch, {TP("feedback", 0)}, 1)
     _put(source, _message(0))
 
     async def scenario() -> None:
-        async def fetch() -> None:
-            async for _ in bulk_fetch._getmany_with_bulk_sources(consumer, 1.0):
-                pass
-
-        fetching = asyncio.create_task(fetch())
+        fetching = asyncio.create_task(_fetch(consumer))
         await asyncio.sleep(0.03)
         assert not fetching.done()
         consumer.flow_active = False  # Faust's own wait for the rebalance takes over
         await asyncio.wait_for(fetching, 0.5)
 
     asyncio.run(scenario())
-    assert calls == [bulk_fetch.RESUME_POLL_S]
+    assert fetches == [(bulk_fetch.RESUME_POLL_S, set())]
