@@ -43,6 +43,14 @@ FAMILIES: Final = {
 }
 
 
+#: Prefixes of the per-id families read by the features (the names below are a prefix and
+#: an id); a lookup may build a name from them without interning it.
+CREATOR_NEGATIVES_PREFIX: Final = "nc:"
+CATEGORY_NEGATIVES_PREFIX: Final = "ng:"
+ITEM_EXPOSURE_PREFIX: Final = "i:"
+CREATOR_EXPOSURE_PREFIX: Final = "c:"
+
+
 def by_kind(kind: str) -> str:
     """Counter of one feedback kind."""
     return intern("k:" + kind)
@@ -50,22 +58,22 @@ def by_kind(kind: str) -> str:
 
 def creator_negatives(creator_id: str) -> str:
     """Counter of negatives on one creator's items."""
-    return intern("nc:" + creator_id)
+    return intern(CREATOR_NEGATIVES_PREFIX + creator_id)
 
 
 def category_negatives(category: str) -> str:
     """Counter of negatives in one category."""
-    return intern("ng:" + category)
+    return intern(CATEGORY_NEGATIVES_PREFIX + category)
 
 
 def item_exposure(item_id: str) -> str:
     """Counter of impressions of one item."""
-    return intern("i:" + item_id)
+    return intern(ITEM_EXPOSURE_PREFIX + item_id)
 
 
 def creator_exposure(creator_id: str) -> str:
     """Counter of impressions of one creator's items."""
-    return intern("c:" + creator_id)
+    return intern(CREATOR_EXPOSURE_PREFIX + creator_id)
 
 
 def feedback_counters(kind: str, creator_id: str | None, category: str | None) -> tuple[

@@ -95,36 +95,50 @@ def oldest_long_needed(cut: int, config: StateConfig) -> int:
     return (cut - 1) // config.steps_per_long - config.long_buckets + 1
 
 
-#: The order :func:`feature_row` computes its values in; :data:`FEATURE_NAMES` must match.
+#: The order :meth:`Rows.row` computes its values in; :data:`FEATURE_NAMES` must match.
 _ROW_ORDER = (
     "neg_rate_short", "neg_rate_long", "explicit_neg_long", "creator_neg_long",
     "category_neg_long", "item_exposure", "creator_exposure", "impressions_long",
 )  # fmt: skip
 if FEATURE_NAMES != _ROW_ORDER:  # pragma: no cover - a schema change must change both
-    raise ImportError(f"feature_row computes {_ROW_ORDER}, the schema names {FEATURE_NAMES}")
+    raise ImportError(f"Rows.row computes {_ROW_ORDER}, the schema names {FEATURE_NAMES}")
 
 
-def feature_row(
-    short: Sums,
-    long: Sums,
-    item_id: str,
-    creator_id: str | None,
-    category: str | None,
-) -> tuple[float, ...]:
-    """One candidate's dense features, in :data:`FEATURE_NAMES` order."""
-    short_imp, long_imp = short.get(counters.IMPRESSIONS), long.get(counters.IMPRESSIONS)
-    get = long.get
-    # A tuple built in place: rescoring computes one per candidate of every user it scores.
-    return (
-        short.get(counters.NEGATIVES) / short_imp if short_imp else 0.0,
-        get(counters.NEGATIVES) / long_imp if long_imp else 0.0,
-        float(get(counters.EXPLICIT_NEGATIVES)),
-        float(get(counters.creator_negatives(creator_id))) if creator_id else 0.0,
-        float(get(counters.category_negatives(category))) if category else 0.0,
-        float(get(counters.item_exposure(item_id))),
-        float(get(counters.creator_exposure(creator_id))) if creator_id else 0.0,
-        float(long_imp),
-    )
+_CREATOR_NEGATIVES = counters.CREATOR_NEGATIVES_PREFIX
+_CATEGORY_NEGATIVES = counters.CATEGORY_NEGATIVES_PREFIX
+_ITEM_EXPOSURE = counters.ITEM_EXPOSURE_PREFIX
+_CREATOR_EXPOSURE = counters.CREATOR_EXPOSURE_PREFIX
+
+
+class Rows:
+    """Dense feature rows, in :data:`FEATURE_NAMES` order, of candidates against one pair of
+    (short, long) sums: the user's own values are computed once, and each row adds only its
+    candidate's four per-id counts. Rescoring builds one per user and a row per candidate."""
+
+    __slots__ = ("_get", "_head", "_impressions")
+
+    def __init__(self, short: Sums, long: Sums) -> None:
+        short_imp, long_imp = short.get(counters.IMPRESSIONS), long.get(counters.IMPRESSIONS)
+        self._head = (
+            short.get(counters.NEGATIVES) / short_imp if short_imp else 0.0,
+            long.get(counters.NEGATIVES) / long_imp if long_imp else 0.0,
+            float(long.get(counters.EXPLICIT_NEGATIVES)),
+        )
+        self._impressions = float(long_imp)
+        self._get = long.get
+
+    def row(self, item_id: str, creator_id: str | None, category: str | None) -> tuple[float, ...]:
+        """One candidate's row."""
+        get = self._get
+        # The per-id names are built, not interned: they are only looked up.
+        return (
+            *self._head,
+            float(get(_CREATOR_NEGATIVES + creator_id)) if creator_id else 0.0,
+            float(get(_CATEGORY_NEGATIVES + category)) if category else 0.0,
+            float(get(_ITEM_EXPOSURE + item_id)),
+            float(get(_CREATOR_EXPOSURE + creator_id)) if creator_id else 0.0,
+            self._impressions,
+        )
 
 
 def features(
@@ -135,17 +149,16 @@ def features(
     category: str | None,
 ) -> dict[str, float]:
     """Dense features of one candidate for this user now, named as :data:`FEATURE_NAMES`."""
-    row = feature_row(*window_sums(state, config, now_cut(state, config)), item_id, creator_id,
-                      category)  # fmt: skip
-    return dict(zip(FEATURE_NAMES, row, strict=True))
+    rows = Rows(*window_sums(state, config, now_cut(state, config)))
+    return dict(zip(FEATURE_NAMES, rows.row(item_id, creator_id, category), strict=True))
 
 
 def feature_rows(
     state: UserState, config: StateConfig, candidates: Iterable[Candidate]
 ) -> list[tuple[float, ...]]:
     """Dense features of many candidates of one user now, each in :data:`FEATURE_NAMES` order."""
-    short, long = window_sums(state, config, now_cut(state, config))
-    return [feature_row(short, long, c.item_id, c.creator_id, c.category) for c in candidates]
+    row = Rows(*window_sums(state, config, now_cut(state, config))).row
+    return [row(c.item_id, c.creator_id, c.category) for c in candidates]
 
 
 def features_many(

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from agents.state import counters
 from agents.state.config import StateConfig
 from agents.state.counters import feedback_counters
-from agents.state.features import Sums, cut_of, feature_row, short_sums, window_sums
+from agents.state.features import Rows, cut_of, short_sums, window_sums
 from agents.state.outputs import Outputs
 from agents.state.state import Pending, Reaction, Schedule, UserState, time_order
 from schemas.events import FEATURE_NAMES, Example
@@ -146,7 +146,7 @@ def _label(
     """Label the first ``count`` open impressions, in time order."""
     due = state.pending[:count]
     claims = _claims(state, due, config)
-    sums_at: dict[int, tuple[Sums, Sums]] = {}
+    rows_at: dict[int, Rows] = {}
     for labelled, pending in enumerate(due, 1):
         if step and labelled % step == 0:
             yield
@@ -158,7 +158,7 @@ def _label(
         if _flagged_during(state, pending, config):
             out.counts["abuse_excluded"] += 1
         else:
-            out.examples.append(_example(state, user_id, pending, claimed, config, sums_at))
+            out.examples.append(_example(state, user_id, pending, claimed, config, rows_at))
     state.pending = state.pending[count:]
 
 
@@ -259,7 +259,7 @@ def _example(
     pending: Pending,
     claimed: list[Reaction],
     config: StateConfig,
-    sums_at: dict[int, tuple[Sums, Sums]],
+    rows_at: dict[int, Rows],
 ) -> Example:
     cut = cut_of(pending.timestamp, config)
     # Its own feedback is never among its features: feedback up to JOIN_SKEW_S before the
@@ -273,13 +273,13 @@ def _example(
                 minus = Counter()
             minus.update(totals + named)
     if minus:
-        short, long = window_sums(state, config, cut, minus)
+        rows = Rows(*window_sums(state, config, cut, minus))
     else:
-        cached = sums_at.get(cut)
+        cached = rows_at.get(cut)
         if cached is None:
-            cached = sums_at[cut] = window_sums(state, config, cut)
-        short, long = cached
-    row = feature_row(short, long, pending.item_id, pending.creator_id, pending.category)
+            cached = rows_at[cut] = Rows(*window_sums(state, config, cut))
+        rows = cached
+    row = rows.row(pending.item_id, pending.creator_id, pending.category)
     if claimed:
         # In time order, as the reactions they were taken from.
         kinds = tuple(r.kind for r in claimed)
