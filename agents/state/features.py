@@ -32,15 +32,22 @@ class Sums:
         self.sums: dict[str, int] = {}
 
     def get(self, name: str) -> int:
-        """Total of ``name``."""
+        """Total of ``name``, kept for the next read."""
         total = self.sums.get(name)
         if total is None:
-            # map() over dict.get runs in C: no Python frame per bucket.
-            total = sum(map(dict.get, self.parts, repeat(name), repeat(0)))
-            if self.minus:
-                total -= self.minus.get(name, 0)
-            self.sums[name] = total
+            total = self.sums[name] = self.total(name)
         return total
+
+    def total(self, name: str) -> int:
+        """Total of ``name``, summed again (for a name read once, such as a candidate's)."""
+        parts = self.parts
+        if len(parts) == 1:
+            total: int = parts[0].get(name, 0)
+        else:
+            # map() over dict.get runs in C: no Python frame per bucket.
+            total = sum(map(dict.get, parts, repeat(name), repeat(0)))
+        minus = self.minus
+        return total - minus.get(name, 0) if minus else total
 
 
 def cut_of(timestamp: float, config: StateConfig) -> int:
@@ -54,7 +61,14 @@ def now_cut(state: UserState, config: StateConfig) -> int:
 
 
 def _present(buckets: Buckets, indexes: range) -> list[dict[str, int]]:
-    found = (buckets.get(str(index)) for index in indexes)
+    # Whichever is shorter is walked: the buckets held, or the indexes of the range (the
+    # sums do not depend on the order).
+    found: Iterable[windows.Bucket | None]
+    if len(buckets) < len(indexes):
+        start, stop = indexes.start, indexes.stop
+        found = [bucket for index, bucket in buckets.items() if start <= int(index) < stop]
+    else:
+        found = [buckets.get(str(index)) for index in indexes]
     # Packed buckets (a state at rest, read outside the fold) are unpacked for the read.
     return [b if isinstance(b, dict) else b.unpacked() for b in found if b]
 
@@ -125,7 +139,8 @@ class Rows:
             float(long.get(counters.EXPLICIT_NEGATIVES)),
         )
         self._impressions = float(long_imp)
-        self._get = long.get
+        # Each candidate's names are read once (per user), so their totals are not kept.
+        self._get = long.total
 
     def row(self, item_id: str, creator_id: str | None, category: str | None) -> tuple[float, ...]:
         """One candidate's row."""

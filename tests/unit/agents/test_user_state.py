@@ -176,6 +176,17 @@ def test_features_many_equals_features_one_by_one() -> None:
     assert one_by_one[0]["item_exposure"] == 1.0 and one_by_one[0]["creator_neg_long"] == 2.0
 
 
+def test_a_window_reads_the_same_buckets_walking_the_held_ones_or_its_range() -> None:
+    # Six buckets held (one empty): a long range walks the held buckets, a short one its
+    # own indexes; both give the non-empty buckets inside the range.
+    buckets: dict[str, Any] = {str(index): {"imp": index} for index in (3, 5, 9, 40, 41)}
+    buckets["7"] = {}
+    for indexes in (range(0, 100), range(4, 41), range(41, 42), range(50, 60), range(5, 6)):
+        expected = [buckets[str(i)]["imp"] for i in indexes if buckets.get(str(i))]
+        found = features._present(buckets, indexes)
+        assert sorted(bucket["imp"] for bucket in found) == expected, indexes
+
+
 def test_batch_splits_give_the_same_state_and_features_and_never_mutate_inputs() -> None:
     # Buckets are shared between a state and its copies until written: folding one stream
     # whole or in random splits must give identical states, features and examples, and no
