@@ -17,6 +17,12 @@ from typing import Any
 
 from agents.state import counters, windows
 from agents.state.config import StateConfig
+from agents.state.counters import (
+    CATEGORY_NEGATIVES_PREFIX,
+    CREATOR_EXPOSURE_PREFIX,
+    CREATOR_NEGATIVES_PREFIX,
+    ITEM_EXPOSURE_PREFIX,
+)
 from agents.state.state import Buckets, Candidate, UserState
 from schemas.events import FEATURE_NAMES
 
@@ -118,12 +124,6 @@ if FEATURE_NAMES != _ROW_ORDER:  # pragma: no cover - a schema change must chang
     raise ImportError(f"Rows.row computes {_ROW_ORDER}, the schema names {FEATURE_NAMES}")
 
 
-_CREATOR_NEGATIVES = counters.CREATOR_NEGATIVES_PREFIX
-_CATEGORY_NEGATIVES = counters.CATEGORY_NEGATIVES_PREFIX
-_ITEM_EXPOSURE = counters.ITEM_EXPOSURE_PREFIX
-_CREATOR_EXPOSURE = counters.CREATOR_EXPOSURE_PREFIX
-
-
 class Rows:
     """Dense feature rows, in :data:`FEATURE_NAMES` order, of candidates against one pair of
     (short, long) sums: the user's own values are computed once, and each row adds only its
@@ -148,10 +148,10 @@ class Rows:
         # The per-id names are built, not interned: they are only looked up.
         return (
             *self._head,
-            float(get(_CREATOR_NEGATIVES + creator_id)) if creator_id else 0.0,
-            float(get(_CATEGORY_NEGATIVES + category)) if category else 0.0,
-            float(get(_ITEM_EXPOSURE + item_id)),
-            float(get(_CREATOR_EXPOSURE + creator_id)) if creator_id else 0.0,
+            float(get(CREATOR_NEGATIVES_PREFIX + creator_id)) if creator_id else 0.0,
+            float(get(CATEGORY_NEGATIVES_PREFIX + category)) if category else 0.0,
+            float(get(ITEM_EXPOSURE_PREFIX + item_id)),
+            float(get(CREATOR_EXPOSURE_PREFIX + creator_id)) if creator_id else 0.0,
             self._impressions,
         )
 
