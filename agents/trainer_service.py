@@ -49,7 +49,13 @@ from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from agents.model_topic import UpdatePublisher
-from agents.trainer import CHECKPOINTED_IDS, fresh_examples, model_config, restore
+from agents.trainer import (
+    CHECKPOINTED_IDS,
+    CheckpointClock,
+    fresh_examples,
+    model_config,
+    restore,
+)
 from agents.trainer_updates import TrainerUpdates
 from model import CheckpointStore, ExampleBatch, OnlineModel, TouchedRows
 from model.distributed import LOCAL, Collective
@@ -118,7 +124,7 @@ class TrainerService:
             settings, self.model, self.model_thread, self._learned, self.publisher
         )
         self.saved_version = self.model.version
-        self.last_checkpoint = time.monotonic()
+        self.clock = CheckpointClock(settings)
         self._stopping: asyncio.Event | None = None
         metrics.MODEL_VERSION.set(self.model.version)
 
@@ -261,11 +267,7 @@ class TrainerService:
         covers (None: none was written), and whether to stop."""
         learned = self._learn(records)
         steps = self.model.version - self.saved_version
-        settings = self.settings
-        due = steps > 0 and (
-            time.monotonic() - self.last_checkpoint >= settings.checkpoint_every_s
-            or steps >= settings.checkpoint_every_batches
-        )
+        due = steps > 0 and self.clock.due(steps)
         stop, due = self.group.any(stopping, due)
         covered = self._save() if due or stop else None
         return learned, covered, stop
@@ -368,13 +370,21 @@ class TrainerService:
             for rank_offsets, rank_seen in every:
                 covered.update(rank_offsets)
                 seen += rank_seen
+            # Written out before the model learns again (both on the model thread), so the
+            # live tensors are saved as they are, not copied first.
             self.store.save(
-                {"model": self.model.state_dict(), "offsets": covered, "seen_examples": seen}
+                {
+                    "model": self.model.state_dict(copy=False),
+                    "offsets": covered,
+                    "seen_examples": seen,
+                }
             )
             metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
             metrics.CHECKPOINT_TIMESTAMP.set(time.time())
         # Offsets are committed only once rank 0 has written the checkpoint covering them.
         self.group.barrier()
         self.saved_version = self.model.version
-        self.last_checkpoint = time.monotonic()
+        # Every rank times the whole exchange (the others wait for rank 0's write), so all
+        # space the next one alike.
+        self.clock.written(started)
         return offsets

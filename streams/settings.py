@@ -113,7 +113,8 @@ class Settings:
     data_dir: str = "negstream-data"
     """NEGSTREAM_DATA_DIR: worker data (Faust state, checkpoints under ``checkpoints/``)."""
     checkpoint_every_batches: int = 50
-    """NEGSTREAM_CHECKPOINT_EVERY_BATCHES: checkpoint after this many training batches."""
+    """NEGSTREAM_CHECKPOINT_EVERY_BATCHES: checkpoint after this many training batches, once
+    nine times the previous checkpoint's writing time has passed since it."""
     checkpoint_every_s: float = 60.0
     """NEGSTREAM_CHECKPOINT_EVERY_S: or after this many seconds, whichever comes first."""
     model_source: str = "local"
