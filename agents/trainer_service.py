@@ -237,27 +237,35 @@ class TrainerService:
 
     async def _learn_loop(self, consumer: AIOKafkaConsumer) -> None:
         """Fetch and take a step until stopped (every rank together), checkpointing when due
-        and once more at the stop."""
+        and once more at the stop. The next records are fetched while the model thread takes
+        a step on the previous ones; a stop drops them unlearned (a restart reads them again
+        after the checkpoint's offsets)."""
         loop = asyncio.get_running_loop()
         assert self._stopping is not None
-        while True:
-            records = await self._fetch(consumer)
-            started = time.perf_counter()
-            # Shielded: the step runs on (and the other ranks wait for it) even if this
-            # task is cancelled; a stop waits for it on the model thread.
-            step = loop.run_in_executor(
-                self.model_thread, self._step, records, self._stopping.is_set()
-            )
-            learned, covered, stop = await asyncio.shield(step)
-            if learned:
-                self._observe(learned, time.perf_counter() - started)
-            # Data-parallel, other ranks' examples move the version too.
-            metrics.MODEL_VERSION.set(self.model.version)
-            self._report_lag(consumer)
-            if covered is not None:
-                await self._commit(consumer, covered)
-            if stop:
-                return
+        fetching = asyncio.ensure_future(self._fetch(consumer))
+        try:
+            while True:
+                records = await fetching
+                started = time.perf_counter()
+                # Shielded: the step runs on (and the other ranks wait for it) even if this
+                # task is cancelled; a stop waits for it on the model thread.
+                step = loop.run_in_executor(
+                    self.model_thread, self._step, records, self._stopping.is_set()
+                )
+                fetching = asyncio.ensure_future(self._fetch(consumer))
+                learned, covered, stop = await asyncio.shield(step)
+                if learned:
+                    self._observe(learned, time.perf_counter() - started)
+                # Data-parallel, other ranks' examples move the version too.
+                metrics.MODEL_VERSION.set(self.model.version)
+                self._report_lag(consumer)
+                if covered is not None:
+                    await self._commit(consumer, covered)
+                if stop:
+                    return
+        finally:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
 
     def _step(
         self, records: list[Record], stopping: bool
