@@ -30,7 +30,6 @@ The last line printed is ``scale-out: shared_auc=A local_auc=B freshness_p99_s=F
 from __future__ import annotations
 
 import argparse
-import asyncio
 import bisect
 import json
 import struct
@@ -56,8 +55,14 @@ from simulator.worlds import world_config
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.benchmarks.harness import INPUT_TOPICS, bench_settings, log, metric, percentile
-from tests.driver import FoldDriver
+from tests.benchmarks.harness import (
+    INPUT_TOPICS,
+    bench_settings,
+    folded_examples,
+    log,
+    metric,
+    percentile,
+)
 from tests.support import WorkerProcess, read_all, start_all, wait_until
 
 #: Events a second the stream is sent at.
@@ -314,16 +319,7 @@ def replay(plan: Plan, events: list[Any]) -> tuple[float, float]:
     """
     partitions = int(MODEL["partitions"])
     settings = Settings(model_buckets=plan.buckets, device="cpu", partitions=partitions)
-    driver = FoldDriver(settings)
-
-    async def fold() -> None:
-        for first in range(0, len(events), settings.batch_size):
-            batch = events[first : first + settings.batch_size]
-            await driver.feed([driver.message(t, k, orjson.dumps(v)) for t, k, v in batch])
-        await driver.finish()
-
-    asyncio.run(fold())
-    examples = driver.captured.examples
+    examples = folded_examples(settings, events)
     config = model_config(settings)
     scores: dict[str, float] = {}
     for models in (1, WORKERS):

@@ -14,7 +14,6 @@ The last line printed is ``trainer: examples_per_s=R checkpoints=N checkpoint_sh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -31,8 +30,7 @@ from simulator.worlds import world_config
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from tests.benchmarks.harness import INPUT_TOPICS, bench_settings, log, metric
-from tests.driver import FoldDriver
+from tests.benchmarks.harness import INPUT_TOPICS, bench_settings, folded_examples, log, metric
 from tests.support import WorkerProcess, wait_until
 
 POLL_S = 0.2
@@ -54,21 +52,11 @@ FULL = Plan(impressions=60_000, users=10_000, examples=400_000)
 def world_examples(plan: Plan) -> list[dict[str, Any]]:
     """The examples the worker's fold joins from the heavy world's events."""
     simulator = Simulator(world_config("heavy", seed=23, n_users=plan.users))
-    settings = Settings(device="cpu")
-    driver = FoldDriver(settings)
     events = [
         (INPUT_TOPICS[event.topic], event.key.encode(), event.value)
         for event in simulator.events(plan.impressions)
     ]
-
-    async def fold() -> None:
-        for first in range(0, len(events), settings.batch_size):
-            batch = events[first : first + settings.batch_size]
-            await driver.feed([driver.message(t, k, orjson.dumps(v)) for t, k, v in batch])
-        await driver.finish()
-
-    asyncio.run(fold())
-    return list(driver.captured.examples)
+    return folded_examples(Settings(device="cpu"), events)
 
 
 def write_backlog(settings: Settings, examples: list[dict[str, Any]], total: int) -> None:

@@ -173,6 +173,25 @@ def bench_settings(broker: EmbeddedBroker, data_dir: Path, **changes: Any) -> Se
     return isolated_settings(broker.url, data_dir, **values)
 
 
+def folded_examples(
+    settings: Settings, events: Sequence[tuple[str, bytes, Any]]
+) -> list[dict[str, Any]]:
+    """The training examples the worker's own fold (:class:`tests.driver.FoldDriver`) joins
+    from ``events`` (``(topic setting, key, value)``), fed in ``settings.batch_size`` batches."""
+    from tests.driver import FoldDriver
+
+    driver = FoldDriver(settings)
+
+    async def fold() -> None:
+        for first in range(0, len(events), settings.batch_size):
+            batch = events[first : first + settings.batch_size]
+            await driver.feed([driver.message(t, k, orjson.dumps(v)) for t, k, v in batch])
+        await driver.finish()
+
+    asyncio.run(fold())
+    return list(driver.captured.examples)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile of ``values`` (NaN when empty)."""
     return float(np.percentile(values, q)) if values else float("nan")
