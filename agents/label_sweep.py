@@ -115,10 +115,12 @@ class LabelSweep:
         for partition in partitions:
             heap = self.deadlines[partition]
             watermark = self.watermarks(partition)
-            due: set[str] = set()
+            # A user once, in the order of its earliest deadline due: one order for every
+            # slice, as a single close would take, and the same in every process (a set's
+            # order of strings changes with the interpreter's hash seed).
+            due: dict[str, None] = {}
             while heap and heap[0][0] <= watermark:
-                due.add(heapq.heappop(heap)[1])
-            # One order for every slice: that of the set, as a single close would take.
+                due[heapq.heappop(heap)[1]] = None
             order = list(due)
             del due
             closed = 0
