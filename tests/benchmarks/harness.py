@@ -31,6 +31,7 @@ from kafka import KafkaProducer
 from simulator.stream import Simulator, SimulatorConfig
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
+from tests.driver import FoldDriver
 from tests.support import WorkerProcess, isolated_settings
 
 #: Simulator topic labels → settings names of the input topics.
@@ -178,8 +179,6 @@ def folded_examples(
 ) -> list[dict[str, Any]]:
     """The training examples the worker's own fold (:class:`tests.driver.FoldDriver`) joins
     from ``events`` (``(topic setting, key, value)``), fed in ``settings.batch_size`` batches."""
-    from tests.driver import FoldDriver
-
     driver = FoldDriver(settings)
 
     async def fold() -> None:
