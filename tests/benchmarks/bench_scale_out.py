@@ -25,6 +25,8 @@ written at or after ``t`` by that version or a later one. Examples never followe
 an update are counted, not timed.
 
 The last line printed is ``scale-out: shared_auc=A local_auc=B freshness_p99_s=F``.
+``--offline`` replays the stream without the broker (:func:`replay`); ``--ceiling`` prints
+the bounds of :mod:`tests.benchmarks.sharing_ceiling` instead.
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ from tests.benchmarks.harness import (
     metric,
     percentile,
 )
+from tests.benchmarks.sharing_ceiling import batch_id_models, world_taste
 from tests.support import WorkerProcess, read_all, start_all, wait_until
 
 #: Events a second the stream is sent at.
 RATE = 1000.0
+#: Seed of the simulated world and stream.
+SEED = 17
 #: Share of a run's examples (by publish time) left out of the AUC: the models warm up.
 WARMUP_SHARE = 0.3
 WORKERS = 3
@@ -111,7 +116,7 @@ def stream(
     """The first ``limit`` events of the heavy world as ``(topic setting, key, value)``, and
     the world's own p(negative) of each impression sent, by impression id (an example's id).
     """
-    simulator = Simulator(world_config("heavy", seed=17, n_users=plan.users))
+    simulator = Simulator(world_config("heavy", seed=SEED, n_users=plan.users))
     found = []
     for event in simulator.events(plan.impressions):
         found.append((INPUT_TOPICS[event.topic], event.key.encode(), event.value))
@@ -307,6 +312,27 @@ def measure_freshness(run: dict[str, Any]) -> tuple[list[float], int]:
     return delays, missed
 
 
+def owner(example: dict[str, Any], partitions: int, models: int) -> int:
+    """Which of ``models`` learns an example: its user's partition (the producer's
+    partitioner), in contiguous ranges as a range assignor would split them."""
+    partition = (murmur2(example["user_id"].encode()) & 0x7FFFFFFF) % partitions
+    return partition * models // partitions
+
+
+def ceiling(plan: Plan, events: list[Any]) -> tuple[float, float, float, float]:
+    """The bounds of :mod:`tests.benchmarks.sharing_ceiling` on ``events``: the shared and
+    local AUCs of the id models fitted in batch, and the world's own AUC with each item's
+    taste and with its creator's and category's."""
+    partitions = int(MODEL["partitions"])
+    examples = folded_examples(Settings(device="cpu", partitions=partitions), events)
+    owners = [owner(example, partitions, WORKERS) for example in examples]
+    shared, local = batch_id_models(examples, owners, WORKERS, auc)
+    simulator = Simulator(world_config("heavy", seed=SEED, n_users=plan.users))
+    cases = examples[int(len(examples) * WARMUP_SHARE) :]
+    item, group = world_taste(simulator.world, simulator.config, cases, auc)
+    return shared, local, item, group
+
+
 def replay(plan: Plan, events: list[Any]) -> tuple[float, float]:
     """``(shared AUC, local AUC)`` of the stream replayed offline, without broker or timing.
 
@@ -325,8 +351,7 @@ def replay(plan: Plan, events: list[Any]) -> tuple[float, float]:
     for models in (1, WORKERS):
         shares: list[list[dict[str, Any]]] = [[] for _ in range(models)]
         for example in examples:
-            partition = (murmur2(example["user_id"].encode()) & 0x7FFFFFFF) % partitions
-            shares[partition * models // partitions].append(example)
+            shares[owner(example, partitions, models)].append(example)
         for share in shares:
             model = OnlineModel(config)
             for first in range(0, len(share), 1024):
@@ -354,6 +379,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="replay the stream through one model and through three, without the broker",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="what sharing could add at most: id models fitted in batch, the world's taste",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.buckets:
@@ -367,6 +397,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.offline:
         shared_auc, local_auc = replay(plan, events)
         print(f"offline: shared_auc={shared_auc:.4f} local_auc={local_auc:.4f}")
+        return
+    if args.ceiling:
+        shared_auc, local_auc, item_auc, group_auc = ceiling(plan, events)
+        print(
+            f"ceiling: batch_shared_auc={shared_auc:.4f} batch_local_auc={local_auc:.4f} "
+            f"world_item_taste_auc={item_auc:.4f} world_group_taste_auc={group_auc:.4f}"
+        )
         return
     with tempfile.TemporaryDirectory(prefix="negstream-bench-") as tmp:
         root = Path(tmp)
