@@ -380,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="replay the stream through one model and through three, without the broker",
     )
     parser.add_argument(
+        "--length",
+        type=float,
+        default=1.0,
+        help="scale the stream's impressions and events by this factor (default 1)",
+    )
+    parser.add_argument(
         "--ceiling",
         action="store_true",
         help="what sharing could add at most: id models fitted in batch, the world's taste",
@@ -388,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     plan = QUICK if args.quick else FULL
     if args.buckets:
         plan = replace(plan, buckets=args.buckets)
-    seconds = 40.0 if args.quick else 300.0
+    if args.length <= 0:
+        parser.error("--length must be positive")
+    plan = replace(plan, impressions=int(plan.impressions * args.length))
+    seconds = (40.0 if args.quick else 300.0) * args.length
     events, truth = stream(plan, int(RATE * seconds))
     log(
         f"scale-out: {len(events)} events of the heavy world ({plan.users} users), "
