@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> faust.App:
     setup_prometheus_sensors(app, pattern="/metrics", registry=REGISTRY, name_prefix="negstream")
     for metric in cast(Any, app.monitor)._metrics:
         cache_labels(metric)
+    track_changed_end_offsets(app.monitor)
 
     ticks = iter(range(1, sys.maxsize))
 
@@ -120,6 +121,22 @@ def cache_labels(metric: Any) -> None:
         return child
 
     metric.labels = labels
+
+
+def track_changed_end_offsets(monitor: Any) -> None:
+    """Pass a partition's end offset on to ``monitor`` only when it changed.
+
+    Faust's consumer reports the end offset of a record's partition for every record it
+    reads, the same offset for a whole fetch, and the Prometheus sensor sets a labelled
+    gauge each time (measured: 0.8 us a record, about 1 % of a worker's time).
+    """
+    track = monitor.track_tp_end_offset
+
+    def track_tp_end_offset(tp: Any, offset: int) -> None:
+        if monitor.tp_end_offsets.get(tp) != offset:
+            track(tp, offset)
+
+    monitor.track_tp_end_offset = track_tp_end_offset
 
 
 class StopRequested(BaseException):
