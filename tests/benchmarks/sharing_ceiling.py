@@ -11,8 +11,8 @@ Two figures bound the gain of the shared model over the workers' own:
    with many passes where the online model gets one. A latent factor per id was also tried
    and scored below the biases alone on the simulated streams, so it is left out.
 2. **The world's taste.** The AUC of the world's own p(negative) over the same cases, from
-   the world's arrays: once with each item's taste vector, once with the mean of its
-   creator's and of its category's item vectors in its place. The difference is what
+   the world's arrays: once with each item's taste vector, once with its creator's mean
+   item vector plus its category's, less the mean of all items, in its place. The difference is what
    learning each item's own taste could add at most; sharing gives a model three times the
    examples of each item, not the vector itself. Both leave out what the simulator adds
    from a user's history (creator penalties, blocked items).
