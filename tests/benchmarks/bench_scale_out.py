@@ -51,7 +51,6 @@ from kafka.partitioner.default import murmur2
 
 from agents.trainer import model_config
 from model import ExampleBatch, OnlineModel
-from schemas.kinds import NEGATIVE_KINDS
 from simulator.stream import Simulator
 from simulator.worlds import world_config
 from streams.admin import ensure_topics
@@ -63,6 +62,7 @@ from tests.benchmarks.harness import (
     folded_examples,
     log,
     metric,
+    negative_label,
     percentile,
 )
 from tests.benchmarks.sharing_ceiling import batch_id_models, world_taste
@@ -265,7 +265,7 @@ def measure_auc(
         index = bisect.bisect_left([u[0] for u in updates], label_at)
         for _, _, items in reversed(updates[:index]):
             if example["item_id"] in items:
-                labels.append(int(any(kind in NEGATIVE_KINDS for kind in example["kinds"])))
+                labels.append(negative_label(example))
                 scores.append(items[example["item_id"]])
                 true.append(truth[example["example_id"]])
                 break
@@ -361,7 +361,7 @@ def replay(plan: Plan, events: list[Any]) -> tuple[float, float]:
                     scores[f"{models}:{example['example_id']}"] = float(p)
                 model.learn_many(batch)
     cases = examples[int(len(examples) * WARMUP_SHARE) :]
-    labels = [int(any(kind in NEGATIVE_KINDS for kind in e["kinds"])) for e in cases]
+    labels = [negative_label(e) for e in cases]
     return tuple(  # type: ignore[return-value]
         auc(labels, [scores[f"{models}:{e['example_id']}"] for e in cases])
         for models in (1, WORKERS)

@@ -28,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from kafka import KafkaProducer
 
+from schemas.kinds import NEGATIVE_KINDS
 from simulator.stream import Simulator, SimulatorConfig
 from streams.broker import EmbeddedBroker
 from streams.settings import Settings
@@ -172,6 +173,11 @@ def bench_settings(broker: EmbeddedBroker, data_dir: Path, **changes: Any) -> Se
     values.update(changes)
     data_dir.mkdir(parents=True, exist_ok=True)
     return isolated_settings(broker.url, data_dir, **values)
+
+
+def negative_label(example: dict[str, Any]) -> int:
+    """1 for an example with any negative kind (``schemas.kinds.NEGATIVE_KINDS``), else 0."""
+    return int(any(kind in NEGATIVE_KINDS for kind in example["kinds"]))
 
 
 def folded_examples(

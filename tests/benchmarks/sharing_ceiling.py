@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from schemas.kinds import NEGATIVE_KINDS
 from simulator.world import SimulatorConfig, World, feedback_probabilities
+from tests.benchmarks.harness import negative_label
 
 __all__ = ["EPOCHS", "TRAIN_SHARE", "batch_id_models", "world_taste"]
 
@@ -45,10 +45,7 @@ Logits = Callable[[NDArray[np.int64]], torch.Tensor]
 
 def labels_of(examples: Sequence[dict[str, Any]]) -> NDArray[np.float32]:
     """1 for an example with any negative kind, else 0."""
-    return np.array(
-        [float(any(kind in NEGATIVE_KINDS for kind in e["kinds"])) for e in examples],
-        dtype=np.float32,
-    )
+    return np.array([negative_label(e) for e in examples], dtype=np.float32)
 
 
 def _codes(examples: Sequence[dict[str, Any]], field: str) -> tuple[NDArray[np.int64], int]:
