@@ -147,19 +147,21 @@ def _label(
     due = state.pending[:count]
     claims = _claims(state, due, config)
     rows_at: dict[int, Rows] = {}
+    reactions = state.reactions
     for labelled, pending in enumerate(due, 1):
         if step and labelled % step == 0:
             yield
-        claimed: list[Reaction] = []
-        for index in claims.get(id(pending), ()):
-            reaction = state.reactions[index]
-            claimed.append(reaction)
-            state.reactions[index] = reaction.as_claimed()
+        claimed = [reactions[index] for index in claims.get(id(pending), ())]
         if _flagged_during(state, pending, config):
             out.counts["abuse_excluded"] += 1
         else:
             out.examples.append(_example(state, user_id, pending, claimed, config, rows_at))
     state.pending = state.pending[count:]
+    if claims:
+        # A claimed reaction's owner is final (every impression that could own it instead
+        # has been read by now), so it leaves the state: no close is due for it any more.
+        taken = {index for indexes in claims.values() for index in indexes}
+        state.reactions = [r for index, r in enumerate(reactions) if index not in taken]
 
 
 def _claims(state: UserState, due: list[Pending], config: StateConfig) -> dict[int, list[int]]:

@@ -379,8 +379,8 @@ def test_a_close_looks_only_at_what_is_due(monkeypatch: Any) -> None:
 
 def test_past_their_caps_the_oldest_open_impressions_are_labelled_and_reactions_dropped() -> None:
     # Caps of 5: of 8 open impressions (none due) the 3 oldest are labelled now, with the
-    # feedback read so far; of 8 kept reactions on items never shown, the 3 oldest go,
-    # counted as unmatched.
+    # feedback read so far. f0 is claimed by p0 and leaves with its label; of the 7 kept
+    # reactions on items never shown, the 2 oldest go, counted as unmatched.
     config = dataclasses.replace(SETTINGS, max_pending=5, max_reactions=5)
     events: list[Impression | Feedback] = [imp(f"p{k}", 10.0 * k, item=f"i{k}") for k in range(8)]
     events += [fb("f0", 1.0, item="i0")]  # joins p0, which is labelled at once
@@ -391,5 +391,5 @@ def test_past_their_caps_the_oldest_open_impressions_are_labelled_and_reactions_
     assert [e.kinds for e in out.examples] == [("dislike",), (), ()]
     assert [p.event_id for p in after.pending] == ["p3", "p4", "p5", "p6", "p7"]
     assert [r.event_id for r in after.reactions] == ["g2", "g3", "g4", "g5", "g6"]
-    assert out.counts["capped:pending"] == 3 and out.counts["capped:reactions"] == 3
-    assert out.counts["unmatched_feedback"] == 2  # g0 and g1; f0 was claimed
+    assert out.counts["capped:pending"] == 3 and out.counts["capped:reactions"] == 2
+    assert out.counts["unmatched_feedback"] == 2  # g0 and g1
