@@ -93,6 +93,20 @@ def test_join_labels_with_the_most_severe_kind_and_weights_it() -> None:
     assert by_id["d"].label == "none" and by_id["d"].kinds == ()
 
 
+def test_claimed_feedback_leaves_the_state_with_its_label() -> None:
+    # Labelled at 65 (60 s window + 5 s skew): the claimed reaction goes with it, so the
+    # next close is due for the open impression "d" alone, not to drop "b".
+    events = [imp("a", 0), fb("b", 3, "hide"), fb("x", 4, "skip", item="i9"), imp("d", 30, "i2")]
+    state, out = run(events, close_at=66)
+    assert [(e.example_id, e.label) for e in out.examples] == [("a", "hide")]
+    assert [r.event_id for r in state.reactions] == ["x"]
+    assert [p.event_id for p in state.pending] == ["d"]
+    # "x" (never joined) is kept until no impression can claim it, then counted unmatched.
+    assert user_state.next_deadline(state, SETTINGS) == T0 + 4 + 60 + 2 * user_state.JOIN_SKEW_S
+    later, closed = user_state.advance(state, T0 + 200, "u1", SETTINGS)
+    assert later.reactions == [] and closed.counts["unmatched_feedback"] == 1
+
+
 def test_feedback_before_its_impression_still_joins() -> None:
     _, out = run([fb("b", 3, "hide"), imp("a", 0)], close_at=200)
     assert [(e.example_id, e.label) for e in out.examples] == [("a", "hide")]
