@@ -349,13 +349,14 @@ class InputPipeline:
 
 def _raw(message: Message) -> RawMessage:
     # Bulk-read records are never decoded by Faust: key and value are the broker's bytes.
+    timestamp = message.timestamp
     return RawMessage(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        int(timestamp * 1000) if timestamp else None,
     )
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.codec import make_dead_letter
 from schemas.events import DeadLetter, Feedback, Impression
 from schemas.validation import ValidationError, parse_object, validate_feedback, validate_impression
 
 
-@dataclass(frozen=True)
-class RawMessage:
-    """One consumed message, as the broker delivered it."""
+class RawMessage(NamedTuple):
+    """One consumed message, as the broker delivered it (a tuple: made for every message
+    read, at about a quarter of a frozen dataclass's cost)."""
 
     topic: str
     partition: int
