@@ -158,8 +158,9 @@ def _label(
             out.examples.append(_example(state, user_id, pending, claimed, config, rows_at))
     state.pending = state.pending[count:]
     if claims:
-        # A claimed reaction's owner is final (every impression that could own it instead
-        # has been read by now), so it leaves the state: no close is due for it any more.
+        # A claim is final: an impression is due only once every impression that could own
+        # the reaction instead has been read, and one labelled early past its cap keeps what
+        # it claimed. So a claimed reaction leaves the state; no close is due for it.
         taken = {index for indexes in claims.values() for index in indexes}
         state.reactions = [r for index, r in enumerate(reactions) if index not in taken]
 

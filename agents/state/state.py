@@ -64,8 +64,8 @@ class Reaction:
     timestamp: float
     creator_id: str | None
     category: str | None
-    #: Whether an impression took it as (part of) its label. A claimed reaction now leaves
-    #: the state when claimed; states written before that still hold some.
+    #: Whether an impression took it as (part of) its label. A reaction leaves the state
+    #: when it is claimed; only states written by earlier versions hold claimed ones.
     claimed: bool = False
 
     def to_wire(self) -> list[Any]:
